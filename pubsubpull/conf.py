@@ -1,0 +1,35 @@
+"""Settings: one ``PUBSUBPULL`` dict, read on use, each key with a documented default."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+DEFAULTS: dict[str, Any] = {
+    # label ("app_label.model_name") -> options ({"exclude": [field names]})
+    "TRACK": {},
+    # URL prefixes always allowed as subscription targets (e.g. "http://127.0.0.1:8001/")
+    "ALLOWED_TARGETS": [],
+    "MAX_FAILURES": 10,
+    "RETRY_BASE": 1.0,
+    "RETRY_CAP": 3600.0,
+    "DELIVERY_TIMEOUT": 10.0,
+    "MAX_WAIT": 30,
+    "SWEEP_INTERVAL": 60,
+    "PAGE_SIZE": 100,
+    "MAX_PAGE_SIZE": 1000,
+}
+
+
+def get(name: str) -> Any:
+    """The value of ``PUBSUBPULL[name]``, or its default."""
+    if name not in DEFAULTS:
+        raise KeyError(f"unknown pubsubpull setting {name!r}")
+    return getattr(settings, "PUBSUBPULL", {}).get(name, DEFAULTS[name])
+
+
+def track() -> dict[str, dict[str, Any]]:
+    """``PUBSUBPULL["TRACK"]``: models tracked from settings, label -> options."""
+    value = get("TRACK")
+    return value if isinstance(value, dict) else {}

@@ -1,0 +1,104 @@
+"""The change log (:class:`Change`) and the requests that caused changes (:class:`Request`)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.db.models.functions import Now
+
+from .fields import TransactionIdField
+
+
+class ImmutableError(Exception):
+    """Raised when code tries to change or delete a recorded change or request."""
+
+
+class _Immutable(models.Model):
+    class Meta:
+        abstract = True
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise ImmutableError(
+                f"{type(self).__name__} rows are immutable: they record what happened. "
+                "Use manage.py pubsubpull prune to remove old ones."
+            )
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        raise ImmutableError(
+            f"{type(self).__name__} rows are immutable: use manage.py pubsubpull prune "
+            "to remove old ones."
+        )
+
+
+class Request(_Immutable):
+    """An HTTP request that changed at least one tracked row.
+
+    Created by the capture trigger the first time the request writes a tracked row
+    (never for requests that change nothing), completed with ``status`` and
+    ``duration`` by :class:`pubsubpull.middleware.RequestMiddleware`.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_constraint=False,  # the user may be deleted; the audit trail keeps the username
+    )
+    username = models.CharField(max_length=150, blank=True, default="")
+    method = models.CharField(max_length=16)
+    path = models.TextField()
+    started = models.DateTimeField(db_index=True)
+    duration = models.DurationField(null=True, blank=True)
+    status = models.PositiveSmallIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started"]
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path} ({self.status or '...'})"
+
+
+class Change(_Immutable):
+    """One recorded change of a tracked row (or a published custom event)."""
+
+    id = models.BigAutoField(primary_key=True)
+    txid = TransactionIdField(
+        db_default=models.Func(function="pg_current_xact_id", output_field=TransactionIdField()),
+        editable=False,
+    )
+    topic = models.CharField(max_length=255)
+    model = models.CharField(max_length=255, help_text="app_label.model_name")
+    table = models.CharField(max_length=63, blank=True, default="")
+    op = models.CharField(max_length=16)
+    # "pk" is reserved by Django; the column is named pk, as in the change JSON.
+    object_pk = models.TextField(null=True, blank=True, db_column="pk")
+    old = models.JSONField(null=True, blank=True)
+    new = models.JSONField(null=True, blank=True)
+    request = models.ForeignKey(
+        Request, null=True, blank=True, on_delete=models.PROTECT, related_name="changes"
+    )
+    context = models.JSONField(null=True, blank=True)
+    created = models.DateTimeField(db_default=Now(), editable=False)
+
+    class Meta:
+        ordering = ["txid", "id"]
+        indexes = [models.Index(fields=["txid", "id"], name="pubsubpull_change_position")]
+
+    def __str__(self) -> str:
+        return f"{self.topic} {self.object_pk or ''}".strip()
+
+    @property
+    def fields(self) -> list[str]:
+        """Names of the columns an update changed (derived from ``old`` and ``new``)."""
+        if self.op != "update" or not isinstance(self.old, dict) or not isinstance(self.new, dict):
+            return []
+        keys = self.old.keys() | self.new.keys()
+        return sorted(k for k in keys if self.old.get(k) != self.new.get(k))

@@ -1,0 +1,107 @@
+"""Which models are tracked, and with which options.
+
+Models are registered in code with :func:`track` or in settings with
+``PUBSUBPULL["TRACK"]``; both are merged on use, so the settings may name models
+of apps that are not loaded yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from functools import cache
+from dataclasses import dataclass
+from typing import TypeVar, overload
+
+from django.apps import apps
+from django.db import models
+
+from . import conf
+
+M = TypeVar("M", bound=type[models.Model])
+
+_registered: dict[str, tuple[str, ...]] = {}
+
+
+@dataclass(frozen=True)
+class Tracked:
+    """A tracked model resolved against the app registry."""
+
+    label: str  # "app_label.model_name"
+    model: type[models.Model]
+    exclude: tuple[str, ...]  # field names
+
+    @property
+    def table(self) -> str:
+        return self.model._meta.db_table
+
+    @property
+    def excluded_columns(self) -> tuple[str, ...]:
+        """Column names of the excluded fields (unknown names are reported by a check)."""
+        columns = []
+        for name in self.exclude:
+            try:
+                field = self.model._meta.get_field(name)
+            except Exception:  # noqa: BLE001 - reported by check E003
+                continue
+            column = getattr(field, "column", None)
+            if column:
+                columns.append(column)
+        return tuple(sorted(columns))
+
+
+@overload
+def track(model: M, *, exclude: Iterable[str] = ()) -> M: ...
+@overload
+def track(model: None = None, *, exclude: Iterable[str] = ()) -> Callable[[M], M]: ...
+
+
+def track(model: M | None = None, *, exclude: Iterable[str] = ()) -> M | Callable[[M], M]:
+    """Track a model's row changes; use as ``@track``, ``@track(exclude=[...])`` or ``track(Model)``.
+
+    Returns the model unchanged. Triggers are installed after ``migrate`` (or by
+    ``manage.py pubsubpull triggers install``).
+    """
+    if isinstance(exclude, str):
+        raise TypeError("exclude must be a list of field names, not a string")
+    excluded = tuple(exclude)
+
+    def register(cls: M) -> M:
+        _registered[cls._meta.label_lower] = excluded
+        tables.cache_clear()
+        return cls
+
+    return register if model is None else register(model)
+
+
+def labels() -> dict[str, tuple[str, ...]]:
+    """label -> excluded field names, from code and settings (settings win)."""
+    merged = dict(_registered)
+    for label, options in conf.track().items():
+        merged[label.lower()] = tuple((options or {}).get("exclude", ()))
+    return merged
+
+
+def tracked() -> list[Tracked]:
+    """Tracked models that exist in the app registry, sorted by label."""
+    result = []
+    for label, exclude in sorted(labels().items()):
+        try:
+            model = apps.get_model(label)
+        except (LookupError, ValueError):
+            continue  # reported by check E004
+        result.append(Tracked(label, model, exclude))
+    return result
+
+
+def get(label: str) -> Tracked | None:
+    """The tracked model with this label, or None."""
+    for item in tracked():
+        if item.label == label.lower():
+            return item
+    return None
+
+
+@cache
+def tables() -> tuple[str, ...]:
+    """Table names of the tracked models (cached; cleared when TRACK or track() change)."""
+    return tuple(t.table for t in tracked())

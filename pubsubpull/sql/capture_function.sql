@@ -1,0 +1,49 @@
+-- Capture function of one tracked table, rendered by pubsubpull.capture.
+-- Placeholders: {{function}}, {{label}} (quoted literal), {{table}} (quoted literal),
+-- {{pk}} (quoted identifier), {{doc}} (row to jsonb minus excluded columns, for alias r).
+-- Statement-level: one INSERT ... SELECT per statement over the transition tables.
+CREATE OR REPLACE FUNCTION {{function}}() RETURNS trigger
+LANGUAGE plpgsql AS $function$
+DECLARE
+    _meta jsonb := nullif(current_setting('pubsubpull.request', true), '')::jsonb;
+    _context jsonb := nullif(current_setting('pubsubpull.context', true), '')::jsonb;
+    _request uuid := (_meta->>'id')::uuid;
+    _count bigint;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO pubsubpull_change (topic, model, "table", op, pk, new, request_id, context)
+        SELECT {{label}} || '.insert', {{label}}, {{table}}, 'insert', r.{{pk}}::text, {{doc}},
+               _request, _context
+        FROM new_rows r;
+    ELSIF TG_OP = 'UPDATE' THEN
+        -- Old and new versions pair up by primary key; a row whose key changed is
+        -- recorded as the delete of the old key and the insert of the new one.
+        INSERT INTO pubsubpull_change (topic, model, "table", op, pk, old, new, request_id, context)
+        SELECT {{label}} || '.' || c.op, {{label}}, {{table}}, c.op, c.pk, c.old, c.new,
+               _request, _context
+        FROM (
+            SELECT CASE WHEN o.key IS NULL THEN 'insert'
+                        WHEN n.key IS NULL THEN 'delete'
+                        ELSE 'update' END AS op,
+                   coalesce(n.key, o.key)::text AS pk, o.doc AS old, n.doc AS new
+            FROM (SELECT r.{{pk}} AS key, {{doc}} AS doc FROM old_rows r) o
+            FULL JOIN (SELECT r.{{pk}} AS key, {{doc}} AS doc FROM new_rows r) n
+                ON n.key = o.key
+        ) c
+        WHERE c.old IS DISTINCT FROM c.new;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO pubsubpull_change (topic, model, "table", op, pk, old, request_id, context)
+        SELECT {{label}} || '.delete', {{label}}, {{table}}, 'delete', r.{{pk}}::text, {{doc}},
+               _request, _context
+        FROM old_rows r;
+    ELSE
+        INSERT INTO pubsubpull_change (topic, model, "table", op, request_id, context)
+        VALUES ({{label}} || '.truncate', {{label}}, {{table}}, 'truncate', _request, _context);
+    END IF;
+    GET DIAGNOSTICS _count = ROW_COUNT;
+    IF _count > 0 AND _meta IS NOT NULL THEN
+        PERFORM pubsubpull_save_request(_meta);
+    END IF;
+    RETURN NULL;
+END
+$function$;

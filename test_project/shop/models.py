@@ -1,0 +1,46 @@
+"""Sample models: three tracked, one not."""
+
+from django.db import models
+
+import pubsubpull
+
+
+@pubsubpull.track(exclude=["password"])
+class Customer(models.Model):
+    name = models.CharField(max_length=100)
+    email = models.EmailField(blank=True, default="")
+    password = models.CharField(max_length=128, blank=True, default="")
+    active = models.BooleanField(default=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@pubsubpull.track
+class Product(models.Model):
+    sku = models.CharField(max_length=32, unique=True)
+    name = models.CharField(max_length=100)
+    price = models.DecimalField(max_digits=10, decimal_places=2)
+
+    def __str__(self) -> str:
+        return self.sku
+
+
+@pubsubpull.track()
+class Order(models.Model):
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="orders")
+    total = models.DecimalField(max_digits=10, decimal_places=2, default=0)
+    note = models.TextField(blank=True, default="")
+    created = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"Order {self.pk}"
+
+
+class Note(models.Model):
+    """Not tracked: writes to it record nothing."""
+
+    text = models.TextField()
+
+    def __str__(self) -> str:
+        return self.text[:40]
