@@ -84,6 +84,12 @@ class context(contextlib.ContextDecorator):
     """
 
     def __init__(self, **metadata: Any) -> None:
+        try:
+            _quote(metadata)
+        except TypeError as error:
+            raise TypeError(
+                f"pubsubpull.context metadata must be JSON-serialisable: {error}"
+            ) from None
         self.metadata = metadata
         self._tokens: list[Token[State | None]] = []
 
@@ -102,34 +108,51 @@ def _quote(value: dict[str, Any]) -> str:
     return "'" + text.replace("'", "''") + "'"  # standard_conforming_strings is on
 
 
-def _prefix(state: State, escape_percent: bool) -> str:
+_RESET = (
+    "SELECT set_config('pubsubpull.request', '', true), "
+    "set_config('pubsubpull.context', '', true); "
+)
+
+
+def _prefix(state: State, with_request: bool) -> str:
     calls = []
-    if state.request is not None:
+    if state.request is None:
+        calls.append("set_config('pubsubpull.request', '', true)")
+    elif with_request:
         calls.append(f"set_config('pubsubpull.request', {_quote(state.request.columns())}, true)")
-    calls.append(
-        "set_config('pubsubpull.context', "
-        + (_quote(state.metadata) if state.metadata else "''")
-        + ", true)"
-    )
-    prefix = "SELECT " + ", ".join(calls) + "; "
-    # With parameters, the driver reads % as a placeholder marker.
-    return prefix.replace("%", "%%") if escape_percent else prefix
+    metadata = _quote(state.metadata) if state.metadata else "''"
+    calls.append(f"set_config('pubsubpull.context', {metadata}, true)")
+    return "SELECT " + ", ".join(calls) + "; "
 
 
 def execute_wrapper(
     execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: dict[str, Any]
 ) -> Any:
     """Prepend the current metadata to writing statements (a Django execute wrapper)."""
-    state = current()
-    if state is None or not isinstance(sql, str):
+    connection = context["connection"]
+    if not isinstance(sql, str) or sql.lstrip()[:12].lower().startswith(_SKIPPED_PREFIXES):
         return execute(sql, params, many, context)
-    head = sql.lstrip()[:12].lower()
-    if head.startswith(_SKIPPED_PREFIXES) or getattr(context["cursor"].cursor, "name", None):
-        return execute(sql, params, many, context)
-    if state.request is not None and not state.request.wrote:
-        state.request.wrote = any(table in sql for table in registry.tables())
-    result = execute(_prefix(state, params is not None) + sql, params, many, context)
     cursor = context["cursor"].cursor
+    if getattr(cursor, "name", None):  # named cursors read; they take no prefix
+        return execute(sql, params, many, context)
+    state = current()
+    if state is not None:
+        # The request (and its user, which may cost a query to read) goes only with
+        # statements naming a tracked table: untracked writes stay free.
+        with_request = state.request is not None and any(t in sql for t in registry.tables())
+        if with_request:
+            state.request.wrote = True  # type: ignore[union-attr]
+        prefix = _prefix(state, with_request)
+    elif getattr(connection, "_pubsubpull_set", False) and connection.in_atomic_block:
+        # Settings made inside this transaction would outlive the block that made them.
+        prefix = _RESET
+    else:
+        connection._pubsubpull_set = False
+        return execute(sql, params, many, context)
+    connection._pubsubpull_set = state is not None and connection.in_atomic_block
+    if params is not None:
+        prefix = prefix.replace("%", "%%")  # with parameters, % marks a placeholder
+    result = execute(prefix + sql, params, many, context)
     while cursor.nextset():  # leave the cursor on the caller's statement's result
         pass
     return result

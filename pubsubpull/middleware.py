@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -44,6 +44,7 @@ class RequestMiddleware:
             "method": request.method or "",
             "path": request.get_full_path()[:2000],
             "started": timezone.now().isoformat(),
+            "username": "",
         }
 
     def __call__(self, request: HttpRequest) -> Any:

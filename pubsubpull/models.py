@@ -79,7 +79,7 @@ class Change(_Immutable):
     table = models.CharField(max_length=63, blank=True, default="")
     op = models.CharField(max_length=16)
     # "pk" is reserved by Django; the column is named pk, as in the change JSON.
-    object_pk = models.TextField(null=True, blank=True, db_column="pk")
+    object_pk = models.TextField(null=True, blank=True, db_column="pk")  # noqa: DJ001 - truncate has none
     old = models.JSONField(null=True, blank=True)
     new = models.JSONField(null=True, blank=True)
     request = models.ForeignKey(

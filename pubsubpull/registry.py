@@ -8,8 +8,8 @@ of apps that are not loaded yet.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from functools import cache
 from dataclasses import dataclass
+from functools import cache
 from typing import TypeVar, overload
 
 from django.apps import apps
@@ -56,7 +56,7 @@ def track(model: None = None, *, exclude: Iterable[str] = ()) -> Callable[[M], M
 
 
 def track(model: M | None = None, *, exclude: Iterable[str] = ()) -> M | Callable[[M], M]:
-    """Track a model's row changes; use as ``@track``, ``@track(exclude=[...])`` or ``track(Model)``.
+    """Track a model's row changes: ``@track``, ``@track(exclude=[...])``, ``track(Model)``.
 
     Returns the model unchanged. Triggers are installed after ``migrate`` (or by
     ``manage.py pubsubpull triggers install``).

@@ -44,3 +44,15 @@ class Note(models.Model):
 
     def __str__(self) -> str:
         return self.text[:40]
+
+
+class Stock(models.Model):
+    """Has a composite primary key: cannot be tracked (check pubsubpull.E002)."""
+
+    pk = models.CompositePrimaryKey("warehouse", "product")
+    warehouse = models.CharField(max_length=10)
+    product = models.ForeignKey(Product, on_delete=models.CASCADE)
+    quantity = models.IntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.warehouse}/{self.product_id}"

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import User
+from django.db import connection
+
+
+@pytest.fixture(autouse=True)
+def _empty_change_log(request: pytest.FixtureRequest) -> None:
+    """Transactional tests start with an empty change log.
+
+    Django empties tables between transactional tests with TRUNCATE, and the capture
+    triggers faithfully record those truncates.
+    """
+    marker = request.node.get_closest_marker("django_db")
+    if marker and (marker.kwargs.get("transaction") or "live_server" in request.fixturenames):
+        request.getfixturevalue("transactional_db")
+        with connection.cursor() as cursor:
+            cursor.execute("TRUNCATE pubsubpull_change, pubsubpull_request")
+
+
+@pytest.fixture
+def user(db: None) -> User:
+    return User.objects.create_user("alice", password="alice-password")
