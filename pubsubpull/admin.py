@@ -21,9 +21,15 @@ class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return False
 
 
-class ChangeInline(admin.TabularInline):  # type: ignore[type-arg]
+class ChangedFields:
+    @admin.display(description="fields")
+    def changed_fields(self, change: Change) -> str:
+        return ", ".join(change.fields)
+
+
+class ChangeInline(ChangedFields, admin.TabularInline):  # type: ignore[type-arg]
     model = Change
-    fields = ["id", "topic", "object_pk", "fields", "created"]
+    fields = ["id", "topic", "object_pk", "changed_fields", "created"]
     readonly_fields = fields
     can_delete = False
     extra = 0
@@ -37,14 +43,14 @@ class ChangeInline(admin.TabularInline):  # type: ignore[type-arg]
 
 
 @admin.register(Change)
-class ChangeAdmin(ReadOnlyAdmin):
+class ChangeAdmin(ChangedFields, ReadOnlyAdmin):
     list_display = ["id", "topic", "object_pk", "request", "created"]
     list_filter = ["op", "model", "topic", "created"]
     search_fields = ["=object_pk", "topic"]
     date_hierarchy = "created"
     list_select_related = ["request"]
     fields = [
-        "id", "txid", "topic", "model", "table", "op", "object_pk", "fields",
+        "id", "txid", "topic", "model", "table", "op", "object_pk", "changed_fields",
         "old", "new", "request", "context", "created",
     ]  # fmt: skip
     readonly_fields = fields

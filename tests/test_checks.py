@@ -1,0 +1,55 @@
+"""System checks: each id fires on its mistake, with a hint, and not otherwise."""
+
+from __future__ import annotations
+
+import pytest
+from django.conf import settings
+from django.core import checks
+from django.db import connection
+from django.test import override_settings
+
+from pubsubpull.checks import check_database, check_middleware, check_tracked_models
+
+TRACK = {"auth.user": {"exclude": ["password"]}}
+
+
+def ids(messages: list[checks.CheckMessage]) -> list[str]:
+    return [m.id for m in messages if m.id]
+
+
+def test_the_test_project_passes_every_check() -> None:
+    assert ids(checks.run_checks()) == []
+
+
+def test_e001_database_is_not_postgresql(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(connection, "vendor", "sqlite")
+    (error,) = check_database()
+    assert error.id == "pubsubpull.E001" and "sqlite" in error.msg
+    assert "django.db.backends.postgresql" in error.hint
+
+
+def test_e002_composite_primary_key() -> None:
+    with override_settings(PUBSUBPULL={"TRACK": {**TRACK, "shop.stock": {}}}):
+        (error,) = check_tracked_models()
+    assert error.id == "pubsubpull.E002" and "shop.stock" in error.msg and error.hint
+
+
+def test_e003_excluded_field_does_not_exist() -> None:
+    with override_settings(PUBSUBPULL={"TRACK": {"shop.customer": {"exclude": ["pasword"]}}}):
+        (error,) = check_tracked_models()
+    assert error.id == "pubsubpull.E003" and "'pasword'" in error.msg
+    assert "password" in error.hint
+
+
+def test_e004_unknown_model_in_settings() -> None:
+    with override_settings(PUBSUBPULL={"TRACK": {"shop.nothing": {}}}):
+        (error,) = check_tracked_models()
+    assert error.id == "pubsubpull.E004" and "shop.nothing" in error.msg
+
+
+def test_w001_middleware_missing_while_tracking() -> None:
+    middleware = [m for m in settings.MIDDLEWARE if "pubsubpull" not in m]
+    with override_settings(MIDDLEWARE=middleware):
+        (warning,) = check_middleware()
+    assert warning.id == "pubsubpull.W001"
+    assert "pubsubpull.middleware.RequestMiddleware" in warning.hint
