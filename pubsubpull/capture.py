@@ -57,9 +57,6 @@ class Plan:
 
 def plan(tracked: registry.Tracked) -> Plan:
     """Render the capture function of a tracked model."""
-    doc = "to_jsonb(r)"
-    if tracked.excluded_columns:
-        doc += " - " + _literal("{" + ",".join(tracked.excluded_columns) + "}") + "::text[]"
     pk = tracked.model._meta.pk
     assert pk is not None
     function = function_name(tracked.table)
@@ -69,7 +66,7 @@ def plan(tracked: registry.Tracked) -> Plan:
         label=_literal(tracked.label),
         table=_literal(tracked.table),
         pk=_identifier(pk.column),
-        doc=doc,
+        doc=tracked.document_sql("r"),
     )
     digest = hashlib.sha256(
         (

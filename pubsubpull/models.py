@@ -102,3 +102,26 @@ class Change(_Immutable):
             return []
         keys = self.old.keys() | self.new.keys()
         return sorted(k for k in keys if self.old.get(k) != self.new.get(k))
+
+
+class Token(models.Model):
+    """An API token for the pull and subscription endpoints, stored as a SHA-256 hash.
+
+    Create one with ``manage.py pubsubpull token <username>``: the token is printed
+    once and cannot be read back.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="pubsubpull_tokens"
+    )
+    name = models.CharField(max_length=100, blank=True, default="")
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    prefix = models.CharField(max_length=12, editable=False, help_text="to recognise a token")
+    created = models.DateTimeField(auto_now_add=True)
+    last_used = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user})"

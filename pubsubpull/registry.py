@@ -48,6 +48,18 @@ class Tracked:
                 columns.append(column)
         return tuple(sorted(columns))
 
+    def document_sql(self, alias: str) -> str:
+        """SQL for a row's JSON: ``to_jsonb(alias)`` minus the excluded columns.
+
+        Change ``old``/``new`` and the instance endpoints share it, so a row reads the
+        same everywhere.
+        """
+        sql = f"to_jsonb({alias})"
+        if self.excluded_columns:
+            names = ",".join(f'"{c}"' for c in self.excluded_columns).replace("'", "''")
+            sql = f"({sql} - '{{{names}}}'::text[])"
+        return sql
+
 
 @overload
 def track(model: M, *, exclude: Iterable[str] = ()) -> M: ...

@@ -6,4 +6,5 @@ from test_project.shop import views
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("shop/", include(views.urlpatterns)),
+    path("pubsubpull/", include("pubsubpull.urls")),
 ]

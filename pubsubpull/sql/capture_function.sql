@@ -41,8 +41,12 @@ BEGIN
         VALUES ({{label}} || '.truncate', {{label}}, {{table}}, 'truncate', _request, _context);
     END IF;
     GET DIAGNOSTICS _count = ROW_COUNT;
-    IF _count > 0 AND _meta IS NOT NULL THEN
-        PERFORM pubsubpull_save_request(_meta);
+    IF _count > 0 THEN
+        -- Wakes long polls and deliveries at commit (one notification per transaction).
+        PERFORM pg_notify('pubsubpull', '');
+        IF _meta IS NOT NULL THEN
+            PERFORM pubsubpull_save_request(_meta);
+        END IF;
     END IF;
     RETURN NULL;
 END

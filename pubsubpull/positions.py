@@ -1,0 +1,38 @@
+"""Positions in the change log: ``(txid, id)``, rendered as an opaque string.
+
+Readers only see changes whose ``txid`` is below the safe horizon
+``pg_snapshot_xmin(pg_current_snapshot())``: every transaction with a smaller txid
+has ended, so no change can later appear behind a position already read.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+_FORMAT = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+
+
+class InvalidPosition(ValueError):
+    """A string that is not a position this server produced."""
+
+
+class Position(NamedTuple):
+    txid: int
+    id: int
+
+    def __str__(self) -> str:
+        return f"{self.txid}-{self.id}"
+
+    @classmethod
+    def parse(cls, value: str) -> Position:
+        """The position a ``cursor``/``id`` string stands for."""
+        match = _FORMAT.match(value or "")
+        if not match or int(match[1]) >= 2**63 or int(match[2]) >= 2**63:
+            raise InvalidPosition(
+                f"{value!r} is not a position: use the 'cursor' or a change 'id' from this server"
+            )
+        return cls(int(match[1]), int(match[2]))
+
+
+START = Position(0, 0)

@@ -1,0 +1,136 @@
+"""Reading the change log and tracked tables page by page, as JSON built by PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from django.db import connections
+from psycopg import sql as pgsql
+
+from . import registry, topics
+from .positions import Position
+from .sql import load, render
+
+CHANNEL = "pubsubpull"  # NOTIFYed by the capture triggers when a transaction wrote changes
+
+
+@dataclass(frozen=True)
+class ChangesPage:
+    results: list[str]  # change JSON texts, in position order
+    last: Position | None  # position of the last result
+    horizon: int  # pg_snapshot_xmin when the page was read
+
+    def cursor(self, after: Position, limit: int) -> Position:
+        """Where the next read continues.
+
+        A short page means the reader has caught up: every change it may see below
+        the horizon was read, and every change still to come has ``txid >= horizon``,
+        so the cursor can move up to ``(horizon, 0)`` past changes it was not shown.
+        """
+        last = self.last or after
+        if len(self.results) < limit:
+            return max(last, Position(self.horizon, 0))
+        return last
+
+
+def readable(user: Any) -> list[registry.Tracked]:
+    """Tracked models whose ``view`` permission the user has."""
+    return [
+        t
+        for t in registry.tracked()
+        if user.has_perm(f"{t.model._meta.app_label}.view_{t.model._meta.model_name}")
+    ]
+
+
+def changes_page(
+    models: list[str], after: Position, patterns: list[str], limit: int, using: str = "default"
+) -> ChangesPage:
+    """Changes after ``after`` below the horizon, of these model labels and topic patterns."""
+    params = {
+        "after_txid": str(after.txid),
+        "after_id": after.id,
+        "models": models,
+        "patterns": [topics.to_regex(p) for p in patterns] or None,
+        "limit": limit,
+    }
+    with connections[using].cursor() as cursor:
+        cursor.execute(load("changes_page"), params)
+        rows = cursor.fetchall()
+    results = [doc for _, position, doc in rows if position is not None]
+    last = Position.parse(rows[-1][1]) if results else None
+    return ChangesPage(results, last, int(rows[0][0]))
+
+
+def wait_for_changes(
+    models: list[str],
+    after: Position,
+    patterns: list[str],
+    limit: int,
+    wait: float,
+    using: str = "default",
+) -> ChangesPage:
+    """Like :func:`changes_page`, but wait up to ``wait`` seconds for a first change.
+
+    Listens for the triggers' NOTIFY on a connection of its own; since a change also
+    becomes visible when an older transaction that wrote nothing ends (no NOTIFY), it
+    looks again at least once a second.
+    """
+    page = changes_page(models, after, patterns, limit, using)
+    if page.results or wait <= 0:
+        return page
+    deadline = time.monotonic() + wait
+    with _listener(using) as listener:
+        while True:
+            page = changes_page(models, after, patterns, limit, using)
+            remaining = deadline - time.monotonic()
+            if page.results or remaining <= 0:
+                return page
+            for _ in listener.notifies(timeout=min(1.0, remaining), stop_after=1):
+                pass
+
+
+def _listener(using: str) -> psycopg.Connection[Any]:
+    params = connections[using].get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    params.pop("prepare_threshold", None)
+    connection = psycopg.connect(**params, autocommit=True)
+    connection.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(CHANNEL)))
+    return connection
+
+
+def _relation(tracked: registry.Tracked) -> dict[str, str]:
+    pk = tracked.model._meta.pk
+    assert pk is not None
+    return {
+        "relation": pgsql.Identifier(tracked.table).as_string(),
+        "pk": pgsql.Identifier(pk.column).as_string(),
+        "doc": tracked.document_sql("r"),
+    }
+
+
+def instances_page(
+    tracked: registry.Tracked, after: Any, limit: int, using: str = "default"
+) -> tuple[list[str], str | None]:
+    """Up to ``limit`` rows after primary key ``after`` (None: from the start), as JSON
+    texts, and the key to continue after (None when this was the last page)."""
+    parts = _relation(tracked)
+    condition = "true" if after is None else f"r.{parts['pk']} > %(after)s"
+    query = render("instances_page", after=condition, **parts)
+    with connections[using].cursor() as cursor:
+        cursor.execute(query, {"after": after, "limit": limit + 1})
+        rows = cursor.fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return [doc for _, doc in rows], (rows[-1][0] if more else None)
+
+
+def instance(tracked: registry.Tracked, pk: Any, using: str = "default") -> str | None:
+    """One row as JSON text, or None."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(render("instance", **_relation(tracked)), {"pk": pk})
+        row = cursor.fetchone()
+    return None if row is None else str(row[0])

@@ -1,0 +1,205 @@
+"""Pull endpoints: JSON over GET, authenticated, per-model ``view`` permission."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlencode
+
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import reverse
+from django.views.decorators.http import require_GET
+
+from . import conf, pull, registry, topics
+from .auth import AuthenticationFailed, authenticate
+from .positions import START, InvalidPosition, Position
+
+
+class ApiError(Exception):
+    """An error answered as JSON: ``{"error": code, "detail": ..., "parameter": ...}``."""
+
+    def __init__(self, status: int, code: str, detail: str, parameter: str | None = None):
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.parameter = status, code, detail, parameter
+
+    def response(self) -> JsonResponse:
+        body = {"error": self.code, "detail": self.detail}
+        if self.parameter:
+            body["parameter"] = self.parameter
+        response = JsonResponse(body, status=self.status)
+        if self.status == 401:
+            response["WWW-Authenticate"] = 'Bearer realm="pubsubpull", Basic realm="pubsubpull"'
+        return response
+
+
+def bad_parameter(parameter: str, detail: str) -> ApiError:
+    return ApiError(400, "invalid_parameter", detail, parameter)
+
+
+def api(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Authenticate the caller (``request.api_user``) and answer errors as JSON."""
+
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            user = authenticate(request)
+            if user is None:
+                raise ApiError(
+                    401,
+                    "not_authenticated",
+                    "authentication required: a session, HTTP Basic, or "
+                    "'Authorization: Bearer <token>' (manage.py pubsubpull token <username>)",
+                )
+            request.api_user = user  # type: ignore[attr-defined]
+            return view(request, *args, **kwargs)
+        except AuthenticationFailed as error:
+            return ApiError(401, "not_authenticated", str(error)).response()
+        except ApiError as error:
+            return error.response()
+
+    return wrapper
+
+
+def json_page(results: list[str], **fields: Any) -> HttpResponse:
+    """A ``{"results": [...], ...}`` body around JSON texts PostgreSQL built."""
+    tail = "".join(f", {json.dumps(k)}: {json.dumps(v)}" for k, v in fields.items())
+    body = '{"results": [' + ", ".join(results) + "]" + tail + "}"
+    return HttpResponse(body, content_type="application/json")
+
+
+def _limit(request: HttpRequest) -> int:
+    raw = request.GET.get("limit")
+    maximum = int(conf.get("MAX_PAGE_SIZE"))
+    if raw is None or raw == "":
+        return min(int(conf.get("PAGE_SIZE")), maximum)
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise bad_parameter("limit", f"limit must be an integer from 1 to {maximum}")
+    return int(raw)
+
+
+def _url(request: HttpRequest, name: str, query: dict[str, Any], **kwargs: Any) -> str:
+    path = reverse(f"pubsubpull:{name}", kwargs=kwargs or None)
+    return request.build_absolute_uri(path + "?" + urlencode(query))
+
+
+def _readable(request: HttpRequest, label: str) -> registry.Tracked:
+    tracked = registry.get(label)
+    if tracked is None:
+        raise ApiError(404, "not_found", f"{label!r} is not a tracked model")
+    if tracked not in pull.readable(request.api_user):  # type: ignore[attr-defined]
+        raise ApiError(403, "permission_denied", f"you may not view {tracked.label}")
+    return tracked
+
+
+@require_GET
+@api
+def directory(request: HttpRequest) -> HttpResponse:
+    """The tracked models this caller may read, and the other endpoints."""
+    models = [
+        {
+            "label": t.label,
+            "url": _url(request, "instances", {}, label=t.label).rstrip("?"),
+            "changes": _url(request, "changes", {"topics": f"{t.label}.*"}),
+        }
+        for t in pull.readable(request.api_user)  # type: ignore[attr-defined]
+    ]
+    return JsonResponse(
+        {
+            "models": models,
+            "changes": _url(request, "changes", {}).rstrip("?"),
+            "subscriptions": request.build_absolute_uri(reverse("pubsubpull:directory"))
+            + "subscriptions/",
+            "openapi": request.build_absolute_uri(reverse("pubsubpull:openapi")),
+        }
+    )
+
+
+@require_GET
+@api
+def instances(request: HttpRequest, label: str) -> HttpResponse:
+    """Rows of a tracked model in primary key order, keyset-paged by ``after``."""
+    tracked = _readable(request, label)
+    limit = _limit(request)
+    after = request.GET.get("after")
+    if after is not None:
+        after = _primary_key(tracked, after, "after")
+    results, last = pull.instances_page(tracked, after, limit)
+    next_url = None
+    if last is not None:
+        next_url = _url(request, "instances", {"after": last, "limit": limit}, label=tracked.label)
+    return json_page(results, next=next_url)
+
+
+@require_GET
+@api
+def instance(request: HttpRequest, label: str, pk: str) -> HttpResponse:
+    """One row of a tracked model."""
+    tracked = _readable(request, label)
+    doc = pull.instance(tracked, _primary_key(tracked, pk, "pk"))
+    if doc is None:
+        raise ApiError(404, "not_found", f"{tracked.label} {pk!r} does not exist")
+    return HttpResponse(doc, content_type="application/json")
+
+
+def _primary_key(tracked: registry.Tracked, value: str, parameter: str) -> Any:
+    field = tracked.model._meta.pk
+    assert field is not None
+    try:
+        return field.get_prep_value(field.to_python(value))
+    except (ValidationError, ValueError, TypeError):
+        raise bad_parameter(
+            parameter, f"{value!r} is not a valid primary key of {tracked.label}"
+        ) from None
+
+
+@require_GET
+@api
+def changes(request: HttpRequest) -> HttpResponse:
+    """Changes after a position, below the safe horizon, optionally long-polled."""
+    limit = _limit(request)
+    try:
+        after = Position.parse(request.GET["after"]) if request.GET.get("after") else START
+    except InvalidPosition as error:
+        raise bad_parameter("after", str(error)) from None
+    try:
+        patterns = topics.parse(request.GET.get("topics"))
+    except topics.InvalidPattern as error:
+        raise bad_parameter("topics", str(error)) from None
+    wait = _wait(request)
+    models = [t.label for t in pull.readable(request.api_user)]  # type: ignore[attr-defined]
+    page = pull.wait_for_changes(models, after, patterns, limit, wait)
+    cursor = page.cursor(after, limit)
+    next_url = None
+    if len(page.results) == limit:
+        query: dict[str, Any] = {"after": str(cursor), "limit": limit}
+        if patterns:
+            query["topics"] = ",".join(patterns)
+        next_url = _url(request, "changes", query)
+    return json_page(page.results, next=next_url, cursor=str(cursor))
+
+
+def _wait(request: HttpRequest) -> float:
+    raw = request.GET.get("wait")
+    if raw is None or raw == "":
+        return 0.0
+    cap = float(conf.get("MAX_WAIT"))
+    try:
+        wait = float(raw)
+    except ValueError:
+        wait = -1.0
+    if not 0 <= wait <= 1e9 or wait != wait:
+        raise bad_parameter("wait", "wait must be a number of seconds, 0 or more")
+    return min(wait, cap)
+
+
+@require_GET
+@api
+def openapi(request: HttpRequest) -> HttpResponse:
+    """The OpenAPI 3.1 description of these endpoints."""
+    from .openapi import schema
+
+    base = request.build_absolute_uri(reverse("pubsubpull:directory"))
+    return JsonResponse(schema(base))
