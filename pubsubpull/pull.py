@@ -36,6 +36,13 @@ class ChangesPage:
         return last
 
 
+def now(using: str = "default") -> Position:
+    """The position of the present: changes after it are those not yet visible."""
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+        return Position(int(cursor.fetchone()[0]), 0)
+
+
 def readable(user: Any) -> list[registry.Tracked]:
     """Tracked models whose ``view`` permission the user has."""
     return [

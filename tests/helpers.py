@@ -41,3 +41,10 @@ def subprocess_env() -> dict[str, str]:
         "DJANGO_SETTINGS_MODULE": "test_project.settings",
         "DATABASE_URL": test_database_url(),
     }
+
+
+def raw_connection() -> object:
+    """A psycopg connection of its own to the test database (another session)."""
+    import psycopg
+
+    return psycopg.connect(test_database_url())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json as json_module
 from argparse import ArgumentParser
 from typing import Any
 
@@ -10,8 +11,24 @@ from django.core.management.base import BaseCommand, CommandError
 from pubsubpull import capture
 
 
+def _line(text: str) -> str:
+    """One change as a line: position, topic, pk, changed fields, request."""
+    change = json_module.loads(text)
+    parts = [change["id"], change["topic"]]
+    if change["pk"] is not None:
+        parts.append(f"pk={change['pk']}")
+    if change["fields"]:
+        parts.append("fields=" + ",".join(change["fields"]))
+    if change["request"]:
+        request = change["request"]
+        parts.append(f"by {request['user'] or 'anonymous'}: {request['method']} {request['path']}")
+    if change["context"]:
+        parts.append(json_module.dumps(change["context"], sort_keys=True))
+    return "  ".join(parts)
+
+
 class Command(BaseCommand):
-    help = "Operate pubsubpull: capture triggers (more subcommands in later releases)."
+    help = "Operate pubsubpull: triggers, tokens, tail."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         sub = parser.add_subparsers(dest="subcommand", metavar="subcommand")
@@ -29,8 +46,90 @@ class Command(BaseCommand):
         )
         triggers.add_argument("--database", default="default", help="database alias")
 
+        token = sub.add_parser(
+            "token",
+            help="create, list or revoke API tokens of a user",
+            description="Create an API token (printed once), or list or revoke tokens.",
+        )
+        token.add_argument("username")
+        token.add_argument("--name", default="", help="a note saying what the token is for")
+        token.add_argument("--list", action="store_true", help="list the user's tokens")
+        token.add_argument("--revoke", metavar="ID", help="revoke a token by id, or 'all'")
+
+        tail = sub.add_parser(
+            "tail",
+            help="print changes as they become visible, until interrupted",
+            description="Follow the change log from a position (default: from now).",
+        )
+        tail.add_argument("--topics", default="", help="comma-separated topic patterns")
+        tail.add_argument("--after", default=None, help="position to start after")
+        tail.add_argument("--json", action="store_true", help="print each change as JSON")
+        tail.add_argument(
+            "--from-start", action="store_true", help="start at the beginning of the log"
+        )
+
     def handle(self, *args: Any, subcommand: str, **options: Any) -> None:
         getattr(self, f"handle_{subcommand}")(**options)
+
+    def handle_token(
+        self, username: str, name: str, list: bool, revoke: str | None, **options: Any
+    ) -> None:
+        from django.contrib.auth import get_user_model
+
+        from pubsubpull.auth import create_token
+        from pubsubpull.models import Token
+
+        User = get_user_model()
+        try:
+            user = User._default_manager.get_by_natural_key(username)
+        except User.DoesNotExist:
+            raise CommandError(f"no user named {username!r}") from None
+        tokens = Token.objects.filter(user=user)
+        if list:
+            for token in tokens:
+                used = token.last_used.isoformat() if token.last_used else "never"
+                self.stdout.write(
+                    f"{token.pk}\t{token.prefix}…\t{token.name or '-'}\t"
+                    f"created {token.created.isoformat()}\tlast used {used}"
+                )
+        elif revoke:
+            if revoke != "all" and not revoke.isdigit():
+                raise CommandError("--revoke takes a token id (see --list) or 'all'")
+            chosen = tokens if revoke == "all" else tokens.filter(pk=int(revoke))
+            count, _ = chosen.delete()
+            if not count:
+                raise CommandError(f"{username} has no token {revoke}")
+            self.stdout.write(f"revoked {count} token(s) of {username}")
+        else:
+            _, text = create_token(user, name)
+            self.stderr.write(f"Token for {username} (shown once, store it now):")
+            self.stdout.write(text)
+
+    def handle_tail(
+        self, topics: str, after: str | None, json: bool, from_start: bool, **options: Any
+    ) -> None:
+        from pubsubpull import registry
+        from pubsubpull import topics as topic_patterns
+        from pubsubpull.positions import START, InvalidPosition, Position
+        from pubsubpull.pull import now, wait_for_changes
+
+        try:
+            patterns = topic_patterns.parse(topics)
+            position = Position.parse(after) if after else START
+        except (topic_patterns.InvalidPattern, InvalidPosition) as error:
+            raise CommandError(str(error)) from None
+        models = [t.label for t in registry.tracked()]
+        if after is None and not from_start:
+            position = now()  # skip what is already visible
+        try:
+            while True:
+                page = wait_for_changes(models, position, patterns, 1000, wait=30)
+                for text in page.results:
+                    self.stdout.write(text if json else _line(text))
+                self.stdout.flush()
+                position = page.cursor(position, 1000)
+        except KeyboardInterrupt:
+            return
 
     def handle_triggers(self, action: str, database: str, **options: Any) -> None:
         if action == "install":
