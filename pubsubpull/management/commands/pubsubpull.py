@@ -121,6 +121,8 @@ class Command(BaseCommand):
         models = [t.label for t in registry.tracked()]
         if after is None and not from_start:
             position = now()  # skip what is already visible
+        self.stderr.write(f"following changes after {position} (Ctrl-C to stop)")
+        self.stderr.flush()
         try:
             while True:
                 page = wait_for_changes(models, position, patterns, 1000, wait=30)
