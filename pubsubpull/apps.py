@@ -15,7 +15,7 @@ class PubSubPullConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks, registry  # noqa: F401 - checks register themselves
-        from .context import install
+        from .metadata import install
 
         connection_created.connect(install, dispatch_uid="pubsubpull.context")
         post_migrate.connect(_install_triggers, sender=self, dispatch_uid="pubsubpull.triggers")

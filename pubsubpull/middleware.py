@@ -12,7 +12,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_asy
 from django.http import HttpRequest, HttpResponseBase
 from django.utils import timezone
 
-from .context import RequestInfo, State, current, enter, leave
+from .metadata import RequestInfo, State, current, enter, leave
 from .models import Request
 
 

@@ -125,3 +125,90 @@ class Token(models.Model):
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.user})"
+
+
+class Subscription(models.Model):
+    """A subscriber's standing request for changes, delivered by background jobs.
+
+    ``target`` is an https URL (HTTP PUT of batches) or ``python:<dotted.path>`` for a
+    local receiver registered with :func:`pubsubpull.on`.
+    """
+
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        PAUSED = "paused"
+        FAILING = "failing"  # MAX_FAILURES reached: no attempts until resumed
+        DISABLED = "disabled"  # the target answered 410 Gone
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="pubsubpull_subscriptions",
+        help_text="empty for local receivers",
+    )
+    name = models.SlugField(max_length=100)
+    target = models.URLField(max_length=2000)
+    topics = models.JSONField(default=list, blank=True, help_text="topic patterns; [] is all")
+    filter = models.TextField(blank=True, default="", help_text="SQL/JSON path on the change")
+    batch_size = models.PositiveSmallIntegerField(default=100)
+    secret = models.TextField(blank=True, default="", editable=False, help_text="encrypted")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
+    cursor = models.CharField(max_length=41, default="0-0", help_text="last position delivered")
+    # The batch in flight: retried with the same id and the same changes until a 2xx.
+    batch_id = models.CharField(max_length=64, blank=True, default="", editable=False)
+    batch_end = models.CharField(max_length=41, blank=True, default="", editable=False)
+    failures = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    next_attempt = models.DateTimeField(null=True, blank=True)
+    last_delivered = models.DateTimeField(null=True, blank=True, editable=False)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["owner_id", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "name"], name="pubsubpull_subscription_owner_name"
+            ),
+            models.UniqueConstraint(
+                fields=["name"],
+                condition=models.Q(owner__isnull=True),
+                name="pubsubpull_subscription_local_name",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_local(self) -> bool:
+        return self.target.startswith("python:")
+
+
+class Delivery(_Immutable):
+    """One delivery attempt of one batch to one subscription."""
+
+    subscription = models.ForeignKey(
+        Subscription, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    batch_id = models.CharField(max_length=64)
+    first = models.CharField(max_length=41, help_text="position of the first change")
+    last = models.CharField(max_length=41, help_text="position of the last change")
+    count = models.PositiveIntegerField()
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    duration = models.DurationField()
+    created = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        verbose_name_plural = "deliveries"
+
+    def __str__(self) -> str:
+        return f"{self.subscription} {self.first}..{self.last}: {self.status_code or self.error}"
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
