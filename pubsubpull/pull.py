@@ -53,14 +53,27 @@ def readable(user: Any) -> list[registry.Tracked]:
 
 
 def changes_page(
-    models: list[str], after: Position, patterns: list[str], limit: int, using: str = "default"
+    models: list[str],
+    after: Position,
+    patterns: list[str],
+    limit: int,
+    using: str = "default",
+    *,
+    events: bool = False,
+    filter: str | None = None,
+    until: Position | None = None,
 ) -> ChangesPage:
-    """Changes after ``after`` below the horizon, of these model labels and topic patterns."""
+    """Changes after ``after`` (up to ``until``) below the horizon, of these model labels
+    (and custom events if ``events``), topic patterns and jsonpath ``filter``."""
     params = {
         "after_txid": str(after.txid),
         "after_id": after.id,
+        "until_txid": str(until.txid) if until else None,
+        "until_id": until.id if until else None,
         "models": models,
+        "events": events,
         "patterns": [topics.to_regex(p) for p in patterns] or None,
+        "filter": filter or None,
         "limit": limit,
     }
     with connections[using].cursor() as cursor:

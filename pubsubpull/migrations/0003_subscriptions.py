@@ -4,6 +4,8 @@ import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
 
+from pubsubpull.sql import load
+
 
 class Migration(migrations.Migration):
     dependencies = [
@@ -136,5 +138,8 @@ class Migration(migrations.Migration):
                 fields=("name",),
                 name="pubsubpull_subscription_local_name",
             ),
+        ),
+        migrations.RunSQL(
+            load("change_json"), "DROP FUNCTION IF EXISTS pubsubpull_change_json(pubsubpull_change)"
         ),
     ]
