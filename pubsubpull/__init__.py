@@ -13,6 +13,8 @@ __version__ = "0.2.0.dev0"
 
 _PUBLIC = {
     "context": "pubsubpull.metadata",
+    "on": "pubsubpull.receivers",
+    "publish": "pubsubpull.events",
     "track": "pubsubpull.registry",
 }
 

@@ -9,6 +9,8 @@ from django.conf import settings
 DEFAULTS: dict[str, Any] = {
     # label ("app_label.model_name") -> options ({"exclude": [field names]})
     "TRACK": {},
+    # labels of custom events published with pubsubpull.publish (e.g. "billing.invoice")
+    "EVENTS": [],
     # URL prefixes always allowed as subscription targets (e.g. "http://127.0.0.1:8001/")
     "ALLOWED_TARGETS": [],
     "MAX_FAILURES": 10,

@@ -11,5 +11,7 @@ urlpatterns = [
     path("models/<str:label>/", views.instances, name="instances"),
     path("models/<str:label>/<str:pk>/", views.instance, name="instance"),
     path("changes/", views.changes, name="changes"),
+    path("subscriptions/", views.subscription_list, name="subscriptions"),
+    path("subscriptions/<str:name>/", views.subscription, name="subscription"),
     path("openapi.json", views.openapi, name="openapi"),
 ]

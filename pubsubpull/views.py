@@ -9,26 +9,40 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
 from django.urls import reverse
-from django.views.decorators.http import require_GET
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_http_methods
 
-from . import conf, pull, registry, topics
+from . import conf, pull, registry, subscriptions, topics
 from .auth import AuthenticationFailed, authenticate
+from .models import Subscription
 from .positions import START, InvalidPosition, Position
 
 
 class ApiError(Exception):
     """An error answered as JSON: ``{"error": code, "detail": ..., "parameter": ...}``."""
 
-    def __init__(self, status: int, code: str, detail: str, parameter: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        parameter: str | None = None,
+        fields: dict[str, list[str]] | None = None,
+    ):
         super().__init__(detail)
-        self.status, self.code, self.detail, self.parameter = status, code, detail, parameter
+        self.status, self.code, self.detail = status, code, detail
+        self.parameter, self.fields = parameter, fields
 
     def response(self) -> JsonResponse:
-        body = {"error": self.code, "detail": self.detail}
+        body: dict[str, Any] = {"error": self.code, "detail": self.detail}
         if self.parameter:
             body["parameter"] = self.parameter
+        if self.fields:
+            body["fields"] = self.fields
         response = JsonResponse(body, status=self.status)
         if self.status == 401:
             response["WWW-Authenticate"] = 'Bearer realm="pubsubpull", Basic realm="pubsubpull"'
@@ -40,12 +54,27 @@ def bad_parameter(parameter: str, detail: str) -> ApiError:
 
 
 def api(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """Authenticate the caller (``request.api_user``) and answer errors as JSON."""
+    """Authenticate the caller (``request.api_user``) and answer errors as JSON.
 
+    Writes authenticated by the session cookie must pass Django's CSRF check; token and
+    Basic callers send credentials a browser does not add by itself.
+    """
+
+    @csrf_exempt
     @functools.wraps(view)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         try:
             user = authenticate(request)
+            if (
+                user is not None
+                and request.method not in ("GET", "HEAD", "OPTIONS")
+                and "Authorization" not in request.headers
+            ):
+                rejected = CsrfViewMiddleware(lambda r: HttpResponse()).process_view(
+                    request, None, (), {}
+                )
+                if rejected is not None:
+                    raise ApiError(403, "csrf_failed", "CSRF check failed for a session write")
             if user is None:
                 raise ApiError(
                     401,
@@ -110,8 +139,7 @@ def directory(request: HttpRequest) -> HttpResponse:
         {
             "models": models,
             "changes": _url(request, "changes", {}).rstrip("?"),
-            "subscriptions": request.build_absolute_uri(reverse("pubsubpull:directory"))
-            + "subscriptions/",
+            "subscriptions": request.build_absolute_uri(reverse("pubsubpull:subscriptions")),
             "openapi": request.build_absolute_uri(reverse("pubsubpull:openapi")),
         }
     )
@@ -203,3 +231,58 @@ def openapi(request: HttpRequest) -> HttpResponse:
 
     base = request.build_absolute_uri(reverse("pubsubpull:directory"))
     return JsonResponse(schema(base))
+
+
+@require_GET
+@api
+def subscription_list(request: HttpRequest) -> HttpResponse:
+    """The caller's subscriptions."""
+    owned = Subscription.objects.filter(owner=request.api_user)  # type: ignore[attr-defined]
+    return JsonResponse({"results": [subscriptions.as_json(s) for s in owned]})
+
+
+@require_http_methods(["GET", "PUT", "DELETE"])
+@api
+def subscription(request: HttpRequest, name: str) -> HttpResponse:
+    """Create or replace (PUT), show (GET) or remove (DELETE) one of the caller's
+    subscriptions."""
+    owner = request.api_user  # type: ignore[attr-defined]
+    if not subscriptions.NAME.match(name):
+        raise ApiError(404, "not_found", "subscription names are 1-100 letters, digits, - or _")
+    if request.method == "PUT":
+        try:
+            data = json.loads(request.body or b"null")
+        except ValueError:
+            raise ApiError(400, "invalid_json", "the body must be a JSON object") from None
+        try:
+            values = subscriptions.validate(owner, data)
+        except subscriptions.Invalid as error:
+            response = ApiError(400, "invalid_subscription", "see fields").response()
+            response.content = json.dumps(
+                {
+                    "error": "invalid_subscription",
+                    "detail": _summary(error.errors),
+                    "fields": error.errors,
+                }  # fmt: skip
+            ).encode()
+            return response
+        saved, created = subscriptions.save(owner, name, values)
+        transaction.on_commit(lambda: _wake(saved.pk))
+        return JsonResponse(subscriptions.as_json(saved), status=201 if created else 200)
+    existing = Subscription.objects.filter(owner=owner, name=name).first()
+    if existing is None:
+        raise ApiError(404, "not_found", f"you have no subscription named {name!r}")
+    if request.method == "DELETE":
+        existing.delete()
+        return HttpResponse(status=204)
+    return JsonResponse(subscriptions.as_json(existing))
+
+
+def _summary(errors: dict[str, list[str]]) -> str:
+    return "; ".join(f"{field}: {' '.join(messages)}" for field, messages in errors.items())
+
+
+def _wake(subscription_id: int) -> None:
+    from .tasks import defer_delivery
+
+    defer_delivery(subscription_id)

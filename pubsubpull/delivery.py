@@ -1,0 +1,247 @@
+"""Delivering batches of changes to subscriptions: plain functions, no job framework.
+
+One call of :func:`deliver` sends at most one batch to one subscription and says when
+to call it again. ``tasks.py`` runs it in Procrastinate jobs, one at a time per
+subscription. No transaction is held across the network call.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import requests
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from . import conf, pull, registry, targets, webhooks
+from .crypto import decrypt
+from .models import Delivery, Subscription
+from .positions import Position
+
+LOCAL_PREFIX = "python:"
+_sessions = threading.local()
+
+
+def session() -> requests.Session:
+    """This thread's HTTP session (keep-alive to each target)."""
+    if not hasattr(_sessions, "session"):
+        _sessions.session = requests.Session()
+    return _sessions.session  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Batch:
+    id: str  # webhook-id: the same on every retry of this batch
+    changes: list[str]  # change JSON texts
+    first: Position
+    last: Position
+
+
+@dataclass(frozen=True)
+class Attempt:
+    status_code: int | None
+    error: str
+    duration: timedelta
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def visible_scope(subscription: Subscription) -> tuple[list[str], bool]:
+    """Model labels the subscription may receive, and whether custom events too."""
+    owner = subscription.owner
+    if owner is None:  # a local receiver: the service's own code
+        return [t.label for t in registry.tracked()], True
+    return [t.label for t in pull.readable(owner)], owner.has_perm("pubsubpull.view_change")
+
+
+def _page(
+    subscription: Subscription, limit: int, until: Position | None = None
+) -> pull.ChangesPage:
+    labels, events = visible_scope(subscription)
+    return pull.changes_page(
+        labels,
+        Position.parse(subscription.cursor),
+        list(subscription.topics),
+        limit,
+        events=events,
+        filter=subscription.filter or None,
+        until=until,
+    )
+
+
+def next_batch(subscription: Subscription) -> Batch | None:
+    """The batch in flight (a retry), else the next one; None when caught up.
+
+    A caught-up subscription's cursor moves up to the horizon, so changes its topics
+    or filter skip are not scanned again.
+    """
+    if subscription.batch_end:
+        end = Position.parse(subscription.batch_end)
+        page = _page(subscription, subscription.batch_size, until=end)
+        if page.results:
+            return Batch(subscription.batch_id, page.results, _first(page), end)
+        # nothing left in it (e.g. the owner lost a permission): drop the batch
+        Subscription.objects.filter(pk=subscription.pk).update(batch_id="", batch_end="")
+        subscription.batch_id = subscription.batch_end = ""
+    page = _page(subscription, subscription.batch_size)
+    if not page.results:
+        cursor = page.cursor(Position.parse(subscription.cursor), subscription.batch_size)
+        if str(cursor) != subscription.cursor:
+            Subscription.objects.filter(pk=subscription.pk, cursor=subscription.cursor).update(
+                cursor=str(cursor)
+            )
+        return None
+    assert page.last is not None
+    batch = Batch(uuid.uuid4().hex, page.results, _first(page), page.last)
+    Subscription.objects.filter(pk=subscription.pk).update(
+        batch_id=batch.id, batch_end=str(batch.last)
+    )
+    return batch
+
+
+def _first(page: pull.ChangesPage) -> Position:
+    return Position.parse(json.loads(page.results[0])["id"])
+
+
+def body(subscription: Subscription, batch: Batch) -> bytes:
+    """``{"subscription": name, "changes": [...]}`` around the JSON PostgreSQL built."""
+    return (
+        '{"subscription": ' + json.dumps(subscription.name) + ', "changes": ['
+        + ", ".join(batch.changes) + "]}"
+    ).encode()  # fmt: skip
+
+
+def send(subscription: Subscription, batch: Batch) -> Attempt:
+    """Deliver one batch: HTTP PUT to the target, or a call of a local receiver."""
+    started = time.monotonic()
+    status: int | None = None
+    error = ""
+    try:
+        if subscription.target.startswith(LOCAL_PREFIX):
+            receiver = import_string(subscription.target[len(LOCAL_PREFIX) :])
+            receiver([json.loads(change) for change in batch.changes])
+            status = 200
+        else:
+            status, error = _put(subscription, batch)
+    except Exception as exc:  # noqa: BLE001 - any failure (network, SSRF re-check, unreadable
+        # secret, a local receiver's exception) is a failed attempt, retried with backoff
+        error = f"{type(exc).__name__}: {exc}"[:1000]
+    return Attempt(status, error, timedelta(seconds=time.monotonic() - started))
+
+
+def _put(subscription: Subscription, batch: Batch) -> tuple[int, str]:
+    data = body(subscription, batch)
+    headers = {"Content-Type": "application/json", "User-Agent": "pubsubpull"}
+    if subscription.secret:
+        headers |= webhooks.sign(decrypt(subscription.secret), batch.id, data)
+    else:
+        headers |= {"webhook-id": batch.id, "webhook-timestamp": str(int(time.time()))}
+    targets.check_addresses_at_delivery(subscription.target)
+    response = session().put(
+        subscription.target,
+        data=data,
+        headers=headers,
+        timeout=float(conf.get("DELIVERY_TIMEOUT")),
+        allow_redirects=False,  # a redirect could point anywhere (SSRF)
+    )
+    error = "" if response.ok else f"HTTP {response.status_code}: {response.text[:200]}"
+    return response.status_code, error
+
+
+def backoff(failures: int) -> timedelta:
+    """Exponential backoff with jitter: base * 2^(failures-1), capped, times 0.5 to 1."""
+    base, cap = float(conf.get("RETRY_BASE")), float(conf.get("RETRY_CAP"))
+    delay = min(cap, base * 2 ** min(failures - 1, 60))
+    return timedelta(seconds=delay * random.uniform(0.5, 1.0))
+
+
+def record(subscription: Subscription, batch: Batch, attempt: Attempt) -> datetime | None:
+    """Store the attempt; on a 2xx advance the cursor in the same transaction.
+
+    Returns when to deliver again: now after a success (more may wait), the retry
+    time after a failure, None when the subscription stopped.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        Delivery.objects.create(
+            subscription=subscription,
+            batch_id=batch.id,
+            first=str(batch.first),
+            last=str(batch.last),
+            count=len(batch.changes),
+            status_code=attempt.status_code,
+            error=attempt.error,
+            duration=attempt.duration,
+        )
+        updates: dict[str, Any]
+        if attempt.ok:
+            updates = {
+                "cursor": str(batch.last), "batch_id": "", "batch_end": "", "failures": 0,
+                "last_error": "", "next_attempt": None, "last_delivered": now,
+            }  # fmt: skip
+            when: datetime | None = now
+        else:
+            failures = subscription.failures + 1
+            updates = {"failures": F("failures") + 1, "last_error": attempt.error}
+            if attempt.status_code == 410:
+                updates["status"] = Subscription.Status.DISABLED
+                updates["last_error"] += " (410 Gone: subscription disabled)"
+                when = None
+            elif failures >= int(conf.get("MAX_FAILURES")):
+                updates["status"] = Subscription.Status.FAILING
+                when = None
+            else:
+                when = now + backoff(failures)
+            updates["next_attempt"] = when
+        # Only the batch this attempt sent: a PUT that replayed or replaced the
+        # subscription meanwhile wins.
+        Subscription.objects.filter(pk=subscription.pk, batch_id=batch.id).update(**updates)
+    return when
+
+
+def deliver(subscription_id: int) -> datetime | None:
+    """Send the next batch of one subscription; returns when to call again (or None)."""
+    subscription = Subscription.objects.select_related("owner").filter(pk=subscription_id).first()
+    if subscription is None or subscription.status != Subscription.Status.ACTIVE:
+        return None
+    if subscription.next_attempt and subscription.next_attempt > timezone.now():
+        return subscription.next_attempt
+    batch = next_batch(subscription)
+    if batch is None:
+        return None
+    return record(subscription, batch, send(subscription, batch))
+
+
+def due_subscriptions() -> list[int]:
+    """Active subscriptions with visible changes waiting and no retry scheduled later."""
+    now = timezone.now()
+    due = []
+    for subscription in Subscription.objects.select_related("owner").filter(
+        status=Subscription.Status.ACTIVE
+    ):
+        if subscription.next_attempt and subscription.next_attempt > now:
+            continue
+        if subscription.batch_end or _page(subscription, 1).results:
+            due.append(subscription.pk)
+    return due
+
+
+def changes_above_horizon() -> bool:
+    """Whether changes exist that are not visible yet (an older transaction is open)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT EXISTS (SELECT FROM pubsubpull_change"
+            " WHERE txid >= pg_snapshot_xmin(pg_current_snapshot()))"
+        )
+        return bool(cursor.fetchone()[0])

@@ -1,0 +1,18 @@
+from django.db import migrations
+
+from pubsubpull.sql import load
+
+
+class Migration(migrations.Migration):
+    dependencies = [
+        ("pubsubpull", "0003_subscriptions"),
+        ("procrastinate", "0041_post_retry_failed_job"),
+    ]
+
+    operations = [
+        migrations.RunSQL(
+            load("wake_dispatcher"),
+            "DROP TRIGGER IF EXISTS pubsubpull_wake_dispatcher ON pubsubpull_change;"
+            "DROP FUNCTION IF EXISTS pubsubpull_wake_dispatcher();",
+        ),
+    ]

@@ -1,0 +1,187 @@
+"""Subscriptions made over HTTP: validating a PUT body and showing a subscription."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.db import DatabaseError, connection, transaction
+
+from . import events, pull, registry, targets, topics, webhooks
+from .crypto import encrypt
+from .delivery import visible_scope
+from .models import Subscription
+from .positions import InvalidPosition, Position
+
+NAME = re.compile(r"^[-a-zA-Z0-9_]{1,100}$")
+FIELDS = {"target", "topics", "filter", "batch_size", "secret", "status", "cursor"}
+LAG_CAP = 10_000
+
+
+class Invalid(Exception):
+    """Field errors of a subscription: ``{field: [message, ...]}``."""
+
+    def __init__(self, errors: dict[str, list[str]]):
+        super().__init__(errors)
+        self.errors = errors
+
+
+def validate(owner: Any, data: Any) -> dict[str, Any]:
+    """The model values a PUT body asks for, or :class:`Invalid` naming each bad field."""
+    if not isinstance(data, dict):
+        raise Invalid({"body": ["the body must be a JSON object"]})
+    errors: dict[str, list[str]] = {}
+    values: dict[str, Any] = {}
+
+    def check(field: str, function: Any) -> None:
+        if field in data:
+            try:
+                values[field] = function(data[field])
+            except (ValueError, TypeError) as error:
+                errors.setdefault(field, []).append(str(error))
+
+    for unknown in sorted(set(data) - FIELDS):
+        errors[unknown] = [f"unknown field; fields are {', '.join(sorted(FIELDS))}"]
+    if "target" not in data:
+        errors["target"] = ["required: the https URL to PUT batches to"]
+    check("target", _target)
+    check("topics", lambda value: _topics(owner, value))
+    check("filter", _filter)
+    check("batch_size", _batch_size)
+    check("secret", _secret)
+    check("status", _status)
+    check("cursor", _cursor)
+    if errors:
+        raise Invalid(errors)
+    return values
+
+
+def _target(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("must be a URL string")
+    return targets.check_target(value)
+
+
+def _topics(owner: Any, value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError('must be a list of topic patterns, e.g. ["shop.order.*"]')
+    patterns = [topics.validate(v) for v in value]
+    readable = {t.label for t in pull.readable(owner)}
+    for pattern in patterns:
+        words = pattern.split(".")
+        if len(words) < 2 or "*" in words[:2] or "#" in words[:2]:
+            continue  # a wildcard model: matches what the owner may see
+        label = ".".join(words[:2]).lower()
+        if registry.get(label) is None and label not in events.labels():
+            raise ValueError(
+                f"{pattern!r}: {label} is not tracked: add @pubsubpull.track to the model "
+                "or PUBSUBPULL['TRACK'] (or PUBSUBPULL['EVENTS'] for custom events)"
+            )
+        if registry.get(label) is not None and label not in readable:
+            raise ValueError(f"{pattern!r}: you may not view {label}")
+    return patterns
+
+
+def _filter(value: Any) -> str:
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str):
+        raise TypeError("must be an SQL/JSON path string, e.g. '$.new.total > 100'")
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT %s::jsonpath", [value])
+    except DatabaseError as error:
+        message = str(error).splitlines()[0]
+        raise ValueError(f"not a valid SQL/JSON path: {message}") from None
+    return value
+
+
+def _batch_size(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+        raise ValueError("must be an integer from 1 to 1000")
+    return value
+
+
+def _secret(value: Any) -> str:
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str):
+        raise TypeError("must be a 'whsec_...' string")
+    webhooks.sign(value, "check", b"")  # raises InvalidSecret (a ValueError) saying why
+    return encrypt(value)
+
+
+def _status(value: Any) -> str:
+    if value not in (Subscription.Status.ACTIVE, Subscription.Status.PAUSED):
+        raise ValueError("must be 'active' or 'paused'")
+    return str(value)
+
+
+def _cursor(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("must be a position string from a change 'id' or a pull 'cursor'")
+    try:
+        return str(Position.parse(value))
+    except InvalidPosition as error:
+        raise ValueError(str(error)) from None
+
+
+def save(owner: Any, name: str, values: dict[str, Any]) -> tuple[Subscription, bool]:
+    """Create or replace the owner's subscription; returns it and whether it is new.
+
+    Replacing keeps the cursor, status and secret unless the body sets them; setting
+    ``status`` to ``active`` also clears failures (resume), setting ``cursor`` replays.
+    """
+    defaults = {"topics": [], "filter": "", "batch_size": 100}
+    with transaction.atomic():
+        subscription = Subscription.objects.select_for_update().filter(owner=owner, name=name)
+        existing = subscription.first()
+        created = existing is None
+        if existing is None:
+            existing = Subscription(owner=owner, name=name, cursor=str(pull.now()))
+        for field, value in {**defaults, **values}.items():
+            setattr(existing, field, value)
+        if values.get("status") == Subscription.Status.ACTIVE or created:
+            existing.failures, existing.next_attempt, existing.last_error = 0, None, ""
+        existing.batch_id = existing.batch_end = ""  # the next batch follows the new terms
+        existing.save()
+    return existing, created
+
+
+def lag(subscription: Subscription) -> int:
+    """Changes below the horizon not yet delivered (counted up to LAG_CAP)."""
+    labels, see_events = visible_scope(subscription)
+    page = pull.changes_page(
+        labels,
+        Position.parse(subscription.cursor),
+        list(subscription.topics),
+        LAG_CAP,
+        events=see_events,
+        filter=subscription.filter or None,
+    )
+    return len(page.results)
+
+
+def as_json(subscription: Subscription) -> dict[str, Any]:
+    """What the API shows of a subscription: never the secret."""
+    return {
+        "name": subscription.name,
+        "target": subscription.target,
+        "topics": subscription.topics,
+        "filter": subscription.filter or None,
+        "batch_size": subscription.batch_size,
+        "signed": bool(subscription.secret),
+        "status": subscription.status,
+        "cursor": subscription.cursor,
+        "lag": lag(subscription),
+        "failures": subscription.failures,
+        "last_error": subscription.last_error or None,
+        "next_attempt": _time(subscription.next_attempt),
+        "last_delivered": _time(subscription.last_delivered),
+        "created": _time(subscription.created),
+        "updated": _time(subscription.updated),
+    }
+
+
+def _time(value: Any) -> str | None:
+    return None if value is None else value.isoformat()

@@ -1,0 +1,67 @@
+"""Procrastinate jobs: the edge between the job framework and :mod:`pubsubpull.delivery`.
+
+- ``pubsubpull.dispatch`` finds subscriptions with changes waiting and queues their
+  delivery. Queued by a trigger when changes are written, and periodically (every
+  ``SWEEP_INTERVAL`` seconds, read when the worker starts) in case a wake-up came
+  before the changes were visible.
+- ``pubsubpull.deliver`` sends one batch of one subscription; one job at a time per
+  subscription (lock), at most one waiting (queueing lock).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.utils import timezone
+from procrastinate import exceptions
+from procrastinate.contrib.django import app
+
+from . import conf, delivery, receivers
+
+QUEUE = "pubsubpull"
+DISPATCH = "pubsubpull.dispatch"
+
+
+def _cron(seconds: int) -> str:
+    if seconds < 60:
+        return f"* * * * * */{max(1, seconds)}"  # croniter: seconds come sixth
+    return f"*/{max(1, seconds // 60)} * * * *"
+
+
+def subscription_lock(subscription_id: int) -> str:
+    return f"pubsubpull.subscription.{subscription_id}"
+
+
+def defer_delivery(subscription_id: int, at: datetime | None = None) -> None:
+    """Queue the delivery of a subscription (now, or at ``at``) unless one is waiting."""
+    lock = subscription_lock(subscription_id)
+    schedule_at = at if at is not None and at > timezone.now() else None
+    try:
+        deliver.configure(lock=lock, queueing_lock=lock, schedule_at=schedule_at).defer(
+            subscription_id=subscription_id
+        )
+    except exceptions.AlreadyEnqueued:
+        pass  # the waiting job will see the changes too
+
+
+@app.task(name="pubsubpull.deliver", queue=QUEUE)
+def deliver(subscription_id: int) -> None:
+    """Deliver the next batch of one subscription and queue what follows."""
+    again = delivery.deliver(subscription_id)
+    if again is not None:
+        defer_delivery(subscription_id, again)
+
+
+@app.periodic(cron=_cron(int(conf.get("SWEEP_INTERVAL"))), periodic_id="sweep")
+@app.task(name=DISPATCH, queue=QUEUE, lock=DISPATCH, queueing_lock=DISPATCH)
+def dispatch(timestamp: int | None = None) -> None:
+    """Queue the delivery of every subscription with visible changes waiting."""
+    receivers.sync()
+    for subscription_id in delivery.due_subscriptions():
+        defer_delivery(subscription_id)
+    if delivery.changes_above_horizon():
+        # An older transaction hides newer changes: look again shortly.
+        try:
+            dispatch.configure(schedule_in={"seconds": 1}).defer()
+        except exceptions.AlreadyEnqueued:
+            pass
