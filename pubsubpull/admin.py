@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from .models import Change, Request
+from . import subscriptions
+from .models import Change, Delivery, Request, Subscription
+from .positions import START
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
@@ -66,3 +69,55 @@ class RequestAdmin(ReadOnlyAdmin):
     fields = ["id", "user", "username", "method", "path", "started", "duration", "status"]
     readonly_fields = fields
     inlines = [ChangeInline]
+
+
+@admin.register(Subscription)
+class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Subscriptions with their lag and last error; the secret is never shown."""
+
+    list_display = ["name", "owner", "target", "status", "lag", "failures", "last_error"]
+    list_filter = ["status"]
+    search_fields = ["name", "target", "owner__username"]
+    fields = [
+        "owner", "name", "target", "topics", "filter", "batch_size", "status", "cursor",
+        "lag", "failures", "last_error", "next_attempt", "last_delivered", "created", "updated",
+    ]  # fmt: skip
+    readonly_fields = [
+        "lag", "failures", "last_error", "next_attempt", "last_delivered", "created", "updated",
+    ]  # fmt: skip
+    actions = ["pause", "resume", "replay_from_start"]
+
+    def save_model(self, request: HttpRequest, obj: Subscription, form: Any, change: bool) -> None:
+        if "cursor" in form.changed_data:  # a replay: the batch in flight no longer applies
+            obj.batch_id = obj.batch_end = ""
+        if "status" in form.changed_data and obj.status == Subscription.Status.ACTIVE:
+            obj.failures, obj.next_attempt, obj.last_error = 0, None, ""
+        super().save_model(request, obj, form, change)
+
+    @admin.display(description="lag")
+    def lag(self, subscription: Subscription) -> int:
+        return subscriptions.lag(subscription)
+
+    @admin.action(description="Pause the selected subscriptions")
+    def pause(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> None:
+        queryset.update(status=Subscription.Status.PAUSED)
+
+    @admin.action(description="Resume the selected subscriptions (clears failures)")
+    def resume(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> None:
+        queryset.update(
+            status=Subscription.Status.ACTIVE, failures=0, next_attempt=None, last_error=""
+        )
+
+    @admin.action(description="Replay the selected subscriptions from the start of the log")
+    def replay_from_start(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> None:
+        queryset.update(cursor=str(START), batch_id="", batch_end="")
+        self.message_user(request, "To replay from a position, edit the subscription's cursor.")
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(ReadOnlyAdmin):
+    list_display = ["created", "subscription", "count", "first", "last", "status_code", "error"]
+    list_filter = ["status_code", "subscription"]
+    list_select_related = ["subscription"]
+    date_hierarchy = "created"
+    show_full_result_count = False

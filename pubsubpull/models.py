@@ -6,10 +6,20 @@ import uuid
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models.functions import Now
 
 from .fields import TransactionIdField
+from .positions import InvalidPosition, Position
+
+
+def validate_position(value: str) -> None:
+    """Model field validator: a position string such as a change's ``id``."""
+    try:
+        Position.parse(value)
+    except InvalidPosition as error:
+        raise ValidationError(str(error)) from None
 
 
 class ImmutableError(Exception):
@@ -149,13 +159,18 @@ class Subscription(models.Model):
         help_text="empty for local receivers",
     )
     name = models.SlugField(max_length=100)
-    target = models.URLField(max_length=2000)
+    target = models.CharField(max_length=2000, help_text="https URL, or python:<dotted.path>")
     topics = models.JSONField(default=list, blank=True, help_text="topic patterns; [] is all")
     filter = models.TextField(blank=True, default="", help_text="SQL/JSON path on the change")
     batch_size = models.PositiveSmallIntegerField(default=100)
     secret = models.TextField(blank=True, default="", editable=False, help_text="encrypted")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
-    cursor = models.CharField(max_length=41, default="0-0", help_text="last position delivered")
+    cursor = models.CharField(
+        max_length=41,
+        default="0-0",
+        validators=[validate_position],
+        help_text="last position delivered; set it to replay from there",
+    )
     # The batch in flight: retried with the same id and the same changes until a 2xx.
     batch_id = models.CharField(max_length=64, blank=True, default="", editable=False)
     batch_end = models.CharField(max_length=41, blank=True, default="", editable=False)

@@ -91,6 +91,8 @@ def wait_for_changes(
     limit: int,
     wait: float,
     using: str = "default",
+    *,
+    events: bool = False,
 ) -> ChangesPage:
     """Like :func:`changes_page`, but wait up to ``wait`` seconds for a first change.
 
@@ -98,13 +100,13 @@ def wait_for_changes(
     becomes visible when an older transaction that wrote nothing ends (no NOTIFY), it
     looks again at least once a second.
     """
-    page = changes_page(models, after, patterns, limit, using)
+    page = changes_page(models, after, patterns, limit, using, events=events)
     if page.results or wait <= 0:
         return page
     deadline = time.monotonic() + wait
     with _listener(using) as listener:
         while True:
-            page = changes_page(models, after, patterns, limit, using)
+            page = changes_page(models, after, patterns, limit, using, events=events)
             remaining = deadline - time.monotonic()
             if page.results or remaining <= 0:
                 return page

@@ -65,3 +65,28 @@ def dispatch(timestamp: int | None = None) -> None:
             dispatch.configure(schedule_in={"seconds": 1}).defer()
         except exceptions.AlreadyEnqueued:
             pass
+
+
+STALLED_AFTER = 60.0  # seconds without a worker heartbeat (twice Procrastinate's timeout)
+
+
+async def recover_stalled(seconds_since_heartbeat: float = STALLED_AFTER) -> int:
+    """Retry delivery jobs whose worker died (killed mid-delivery); returns how many.
+
+    A dead worker's job keeps its subscription's lock; retrying it resends the batch
+    in flight (same ``webhook-id``), so receivers see at most that batch twice.
+    """
+    manager = app.job_manager
+    jobs = list(
+        await manager.get_stalled_jobs(queue=QUEUE, seconds_since_heartbeat=seconds_since_heartbeat)
+    )
+    for job in jobs:
+        await manager.retry_job(job)
+    return len(jobs)
+
+
+@app.periodic(cron="* * * * *", periodic_id="recover")
+@app.task(name="pubsubpull.recover", queue=QUEUE, queueing_lock="pubsubpull.recover")
+async def recover(timestamp: int | None = None) -> None:
+    """Periodically retry the jobs of dead workers."""
+    await recover_stalled()

@@ -59,4 +59,5 @@ STATIC_URL = "static/"
 PUBSUBPULL = {
     "TRACK": {"auth.user": {"exclude": ["password"]}},
     "ALLOWED_TARGETS": ["http://127.0.0.1:", "http://localhost:"],
+    "EVENTS": ["billing.invoice"],
 }

@@ -4,6 +4,7 @@ import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
 
+import pubsubpull.models
 from pubsubpull.sql import load
 
 
@@ -24,7 +25,12 @@ class Migration(migrations.Migration):
                     ),
                 ),
                 ("name", models.SlugField(max_length=100)),
-                ("target", models.URLField(max_length=2000)),
+                (
+                    "target",
+                    models.CharField(
+                        help_text="https URL, or python:<dotted.path>", max_length=2000
+                    ),
+                ),
                 (
                     "topics",
                     models.JSONField(
@@ -58,7 +64,10 @@ class Migration(migrations.Migration):
                 (
                     "cursor",
                     models.CharField(
-                        default="0-0", help_text="last position delivered", max_length=41
+                        default="0-0",
+                        help_text="last position delivered; set it to replay from there",
+                        max_length=41,
+                        validators=[pubsubpull.models.validate_position],
                     ),
                 ),
                 (

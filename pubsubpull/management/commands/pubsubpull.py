@@ -125,7 +125,7 @@ class Command(BaseCommand):
         self.stderr.flush()
         try:
             while True:
-                page = wait_for_changes(models, position, patterns, 1000, wait=30)
+                page = wait_for_changes(models, position, patterns, 1000, wait=30, events=True)
                 for text in page.results:
                     self.stdout.write(text if json else _line(text))
                 self.stdout.flush()

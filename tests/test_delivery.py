@@ -1,0 +1,428 @@
+"""Subscriptions over HTTP and delivery by a real Procrastinate worker to a loopback receiver."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import standardwebhooks
+from asgiref.sync import async_to_sync
+from django.contrib.auth.models import User
+from django.db import connection, transaction
+from django.test import Client, override_settings
+from pytest_httpserver import HTTPServer
+
+import pubsubpull
+from pubsubpull import receivers, tasks
+from pubsubpull.events import InvalidEvent
+from pubsubpull.models import Delivery, Subscription
+from pubsubpull.webhooks import generate_secret
+from test_project.shop.models import Customer, Order
+from tests.delivery_helpers import Receiver, drain
+from tests.helpers import subprocess_env
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ROOT = Path(__file__).resolve().parent.parent
+FAST_RETRIES = {
+    "TRACK": {"auth.user": {"exclude": ["password"]}},
+    "ALLOWED_TARGETS": ["http://localhost:", "http://127.0.0.1:"],
+    "EVENTS": ["billing.invoice"],
+    "RETRY_BASE": 0.01,
+    "RETRY_CAP": 0.05,
+    "MAX_FAILURES": 5,
+}
+
+
+@pytest.fixture
+def owner() -> User:
+    return User.objects.create_superuser("subscriber", password="subscriber-password")
+
+
+@pytest.fixture
+def api(owner: User) -> Client:
+    client = Client()
+    client.force_login(owner)
+    return client
+
+
+def hook(httpserver: HTTPServer, receiver: Receiver, path: str = "/hook") -> str:
+    httpserver.expect_request(path, method="PUT").respond_with_handler(receiver)
+    return str(httpserver.url_for(path))
+
+
+def put(client: Client, name: str, body: Any, status: int | None = None) -> dict[str, Any]:
+    response = client.put(
+        f"/pubsubpull/subscriptions/{name}/", json.dumps(body), "application/json"
+    )
+    if status is not None:
+        assert response.status_code == status, response.content
+    return response.json()  # type: ignore[no-any-return]
+
+
+def names(changes: list[dict[str, Any]]) -> list[str]:
+    return [(c["new"] or c["old"])["name"] for c in changes]
+
+
+def test_subscribe_write_receive_in_order_signed(api: Client, httpserver: HTTPServer) -> None:
+    receiver = Receiver()
+    secret = generate_secret()
+    created = put(
+        api, "customers",
+        {"target": hook(httpserver, receiver), "topics": ["shop.customer.*"], "secret": secret},
+        status=201,
+    )  # fmt: skip
+    assert created["status"] == "active" and created["signed"] is True
+    assert "secret" not in created and secret not in json.dumps(created)
+
+    for i in range(5):
+        Customer.objects.create(name=f"c{i}")
+    Customer.objects.filter(name="c0").update(name="c0-renamed")
+    drain(lambda: len(receiver.changes()) >= 6)
+
+    changes = receiver.changes()
+    assert names(changes) == ["c0", "c1", "c2", "c3", "c4", "c0-renamed"]
+    positions = [tuple(map(int, c["id"].split("-"))) for c in changes]
+    assert positions == sorted(positions)
+    first = receiver.requests[0]
+    assert first.payload["subscription"] == "customers"
+    standardwebhooks.Webhook(secret).verify(first.body, first.headers)  # raises if bad
+
+    state = api.get("/pubsubpull/subscriptions/customers/").json()
+    cursor = tuple(map(int, state["cursor"].split("-")))
+    assert cursor >= positions[-1] and state["lag"] == 0  # caught up: may be at the horizon
+    assert state["last_error"] is None and state["failures"] == 0
+
+
+def test_topics_and_filter_select_exactly_the_matching_changes(
+    api: Client, httpserver: HTTPServer
+) -> None:
+    receiver = Receiver()
+    put(
+        api, "big-orders",
+        {"target": hook(httpserver, receiver), "topics": ["shop.order.*"],
+         "filter": "$.new.total > 100"},
+        status=201,
+    )  # fmt: skip
+    customer = Customer.objects.create(name="buyer")
+    for total in ("50", "150", "99.99", "200"):
+        Order.objects.create(customer=customer, total=Decimal(total))
+    Order.objects.filter(total=Decimal("50")).update(total=Decimal("500"))
+    Customer.objects.create(name="another")
+    drain(lambda: len(receiver.changes()) >= 3)
+    time.sleep(0.2)
+    drain(lambda: True)
+    got = [(c["topic"], c["new"]["total"]) for c in receiver.changes()]
+    assert got == [
+        ("shop.order.insert", 150),
+        ("shop.order.insert", 200),
+        ("shop.order.update", 500),
+    ]
+
+
+@override_settings(PUBSUBPULL=FAST_RETRIES)
+def test_receiver_failing_three_times_gets_everything_in_order_with_the_same_id(
+    api: Client, httpserver: HTTPServer
+) -> None:
+    receiver = Receiver(statuses=[500, 500, 500])
+    put(api, "retry", {"target": hook(httpserver, receiver), "topics": ["shop.#"]}, status=201)
+    for i in range(3):
+        Customer.objects.create(name=f"r{i}")
+    drain(lambda: len(receiver.requests) >= 4)
+    first, *retries = receiver.requests[:4]
+    assert {r.headers["Webhook-Id"] for r in retries} == {first.headers["Webhook-Id"]}
+    assert {r.body for r in retries} == {first.body}
+    assert names(receiver.requests[3].changes) == ["r0", "r1", "r2"]
+
+    attempts = list(Delivery.objects.order_by("id").values_list("status_code", "error"))
+    assert [code for code, _ in attempts] == [500, 500, 500, 204]
+    assert attempts[0][1].startswith("HTTP 500")
+    subscription = Subscription.objects.get(name="retry")
+    assert subscription.failures == 0 and subscription.last_error == ""
+
+
+def test_410_gone_disables_at_once(api: Client, httpserver: HTTPServer) -> None:
+    receiver = Receiver(statuses=[410])
+    put(api, "gone", {"target": hook(httpserver, receiver)}, status=201)
+    Customer.objects.create(name="x")
+    drain(lambda: Subscription.objects.get(name="gone").status == "disabled")
+    Customer.objects.create(name="y")
+    drain(lambda: True)
+    assert len(receiver.requests) == 1
+    assert "410" in api.get("/pubsubpull/subscriptions/gone/").json()["last_error"]
+
+
+@override_settings(PUBSUBPULL=FAST_RETRIES)
+def test_max_failures_then_failing_until_resumed(api: Client, httpserver: HTTPServer) -> None:
+    receiver = Receiver(statuses=[503] * 5)
+    put(api, "flaky", {"target": hook(httpserver, receiver)}, status=201)
+    Customer.objects.create(name="late")
+    drain(lambda: Subscription.objects.get(name="flaky").status == "failing")
+    assert len(receiver.requests) == 5
+    state = put(api, "flaky", {"target": hook(httpserver, receiver), "status": "active"}, 200)
+    assert state["failures"] == 0 and state["status"] == "active"
+    drain(lambda: len(receiver.requests) == 6)
+    assert names(receiver.requests[-1].changes) == ["late"]
+
+
+@override_settings(PUBSUBPULL={**FAST_RETRIES, "RETRY_BASE": 30.0, "RETRY_CAP": 30.0})
+def test_one_dead_target_does_not_delay_another(api: Client, httpserver: HTTPServer) -> None:
+    healthy = Receiver()
+    put(api, "dead", {"target": "http://127.0.0.1:9/closed"}, status=201)  # discard port
+    put(api, "alive", {"target": hook(httpserver, healthy)}, status=201)
+    for i in range(3):
+        Customer.objects.create(name=f"a{i}")
+        drain(lambda i=i: len(healthy.changes()) == i + 1, timeout=10)
+    dead = Subscription.objects.get(name="dead")
+    assert dead.failures == 1 and "Connection" in dead.last_error  # waiting 30 s to retry
+    assert names(healthy.changes()) == ["a0", "a1", "a2"]
+
+
+def test_pause_resume_and_replay(api: Client, httpserver: HTTPServer) -> None:
+    receiver = Receiver()
+    target = hook(httpserver, receiver)
+    put(api, "p", {"target": target}, status=201)
+    Customer.objects.create(name="one")
+    drain(lambda: len(receiver.changes()) == 1)
+
+    put(api, "p", {"target": target, "status": "paused"}, status=200)
+    Customer.objects.create(name="two")
+    drain(lambda: True)
+    assert len(receiver.changes()) == 1
+    assert api.get("/pubsubpull/subscriptions/p/").json()["lag"] == 1
+
+    put(api, "p", {"target": target, "status": "active"}, status=200)
+    drain(lambda: len(receiver.changes()) == 2)
+    assert names(receiver.changes()) == ["one", "two"]
+
+    first_id = receiver.changes()[0]["id"]
+    put(api, "p", {"target": target, "cursor": first_id}, status=200)  # replay after "one"
+    drain(lambda: len(receiver.changes()) == 3)
+    assert names(receiver.changes()) == ["one", "two", "two"]
+
+
+def test_worker_killed_mid_delivery_loses_nothing(api: Client, httpserver: HTTPServer) -> None:
+    receiver = Receiver(delay=3.0)  # the first batch hangs while the worker is killed
+    put(api, "k", {"target": hook(httpserver, receiver), "batch_size": 2}, status=201)
+    for i in range(5):
+        Customer.objects.create(name=f"k{i}")
+    worker = subprocess.Popen(
+        [sys.executable, "manage.py", "procrastinate", "worker", "--queues", "pubsubpull"],
+        cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not receiver.requests:
+            assert time.monotonic() < deadline and worker.poll() is None
+            time.sleep(0.05)
+        worker.send_signal(signal.SIGKILL)
+    finally:
+        worker.kill()
+        worker.wait()
+    in_flight = receiver.requests[0].headers["Webhook-Id"]
+    assert async_to_sync(tasks.recover_stalled)(0) >= 1  # what the periodic task does
+    drain(lambda: {c["new"]["name"] for c in receiver.changes()} >= {f"k{i}" for i in range(5)})
+
+    by_id: dict[str, int] = {}
+    for request in receiver.requests:
+        by_id[request.headers["Webhook-Id"]] = by_id.get(request.headers["Webhook-Id"], 0) + 1
+    assert {i for i, count in by_id.items() if count > 1} <= {in_flight}  # only it twice
+    delivered = [c["new"]["name"] for r in receiver.requests[1:] for c in r.changes]
+    assert delivered == ["k0", "k1", "k2", "k3", "k4"]  # in order after the resend
+
+
+def test_committed_change_queues_a_wake_up_only_when_someone_subscribes(
+    api: Client, httpserver: HTTPServer
+) -> None:
+    def waiting() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM procrastinate_jobs"
+                " WHERE task_name = 'pubsubpull.dispatch' AND status = 'todo'"
+            )
+            return int(cursor.fetchone()[0])
+
+    Customer.objects.create(name="nobody listens")
+    assert waiting() == 0
+    put(api, "w", {"target": hook(httpserver, Receiver())}, status=201)
+    Customer.objects.create(name="a")
+    Customer.objects.create(name="b")
+    assert waiting() == 1  # one wake-up, not one per write
+
+
+def test_sweep_delivers_when_the_wake_up_was_lost(api: Client, httpserver: HTTPServer) -> None:
+    receiver = Receiver()
+    put(api, "s", {"target": hook(httpserver, receiver)}, status=201)
+    Customer.objects.create(name="swept")
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM procrastinate_jobs")  # the wake-up is lost
+    tasks.dispatch()  # what the periodic sweep runs
+    drain(lambda: names(receiver.changes()) == ["swept"])
+
+
+# -- local receivers and custom events ------------------------------------------------
+
+seen: list[list[dict[str, Any]]] = []
+broken_calls: list[int] = []
+
+
+def remember(changes: list[dict[str, Any]]) -> None:
+    seen.append(changes)
+
+
+def broken(changes: list[dict[str, Any]]) -> None:
+    broken_calls.append(len(changes))
+    raise RuntimeError("receiver bug")
+
+
+@override_settings(PUBSUBPULL=FAST_RETRIES)
+def test_local_receivers_are_isolated_and_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(receivers, "_receivers", {})
+    seen.clear()
+    broken_calls.clear()
+    pubsubpull.on("shop.customer.insert", filter="$.new.active == true")(remember)
+    pubsubpull.on("shop.#")(broken)
+    receivers.sync()
+    assert set(Subscription.objects.values_list("target", flat=True)) == {
+        "python:tests.test_delivery.remember", "python:tests.test_delivery.broken",
+    }  # fmt: skip
+    Customer.objects.create(name="local", active=True)
+    Customer.objects.create(name="inactive", active=False)
+    drain(lambda: len(broken_calls) >= 3 and bool(seen))
+    assert [names(batch) for batch in seen] == [["local"]]
+    failing = Subscription.objects.get(target="python:tests.test_delivery.broken")
+    assert "RuntimeError: receiver bug" in failing.last_error
+
+
+def test_publish_is_in_the_callers_transaction_and_delivered(
+    api: Client, httpserver: HTTPServer
+) -> None:
+    receiver = Receiver()
+    put(api, "billing", {"target": hook(httpserver, receiver), "topics": ["billing.#"]}, 201)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        pubsubpull.publish("billing.invoice.paid", {"invoice": 1})
+        raise RuntimeError("rolled back")
+    with transaction.atomic():
+        Customer.objects.create(name="payer")
+        pubsubpull.publish("billing.invoice.paid", {"invoice": 2, "amount": "9.50"})
+    drain(lambda: bool(receiver.changes()))
+    (event,) = receiver.changes()
+    assert (event["topic"], event["model"], event["op"]) == (
+        "billing.invoice.paid", "billing.invoice", "paid",
+    )  # fmt: skip
+    assert event["new"] == {"invoice": 2, "amount": "9.50"}
+    pulled = api.get("/pubsubpull/changes/?topics=billing.%23").json()["results"]
+    assert [c["new"] for c in pulled] == [{"invoice": 2, "amount": "9.50"}]
+
+
+def test_publish_refuses_bad_topics() -> None:
+    with pytest.raises(InvalidEvent, match="collide"):
+        pubsubpull.publish("shop.customer.paid", {})
+    with pytest.raises(InvalidEvent, match="PUBSUBPULL\\['EVENTS'\\]"):
+        pubsubpull.publish("crm.lead.won", {})
+    with pytest.raises(InvalidEvent, match="label"):
+        pubsubpull.publish("paid", {})
+    with pytest.raises(InvalidEvent, match="JSON"):
+        pubsubpull.publish("billing.invoice.paid", {"x": object()})
+
+
+# -- the subscription API ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "target"),
+        ({"target": "http://10.0.0.1/hook"}, "target"),
+        ({"target": "https://127.0.0.1/hook"}, "target"),
+        ({"target": "http://169.254.169.254/latest/meta-data"}, "target"),
+        ({"target": "https://[::1]/hook"}, "target"),
+        ({"target": "python:os.system"}, "target"),
+        ({"target": "http://localhost:8001/x", "topics": ["shop.nothing.*"]}, "topics"),
+        ({"target": "http://localhost:8001/x", "topics": "shop.#"}, "topics"),
+        ({"target": "http://localhost:8001/x", "topics": ["shop..x"]}, "topics"),
+        ({"target": "http://localhost:8001/x", "filter": "$.new.total >"}, "filter"),
+        ({"target": "http://localhost:8001/x", "batch_size": 0}, "batch_size"),
+        ({"target": "http://localhost:8001/x", "batch_size": 1001}, "batch_size"),
+        ({"target": "http://localhost:8001/x", "batch_size": "10"}, "batch_size"),
+        ({"target": "http://localhost:8001/x", "secret": "not base64!"}, "secret"),
+        ({"target": "http://localhost:8001/x", "status": "failing"}, "status"),
+        ({"target": "http://localhost:8001/x", "cursor": "yesterday"}, "cursor"),
+        ({"target": "http://localhost:8001/x", "colour": "red"}, "colour"),
+    ],
+)
+def test_invalid_subscriptions_are_400_with_field_errors(
+    api: Client, body: dict[str, Any], field: str
+) -> None:
+    answer = put(api, "bad", body, status=400)
+    assert answer["error"] == "invalid_subscription"
+    assert field in answer["fields"] and answer["fields"][field][0]
+    assert not Subscription.objects.exists()
+
+
+def test_body_must_be_json_and_names_valid(api: Client) -> None:
+    response = api.put("/pubsubpull/subscriptions/x/", b"{nope", "application/json")
+    assert response.status_code == 400 and response.json()["error"] == "invalid_json"
+    assert put(api, "x", [1, 2], status=400)["fields"]["body"]
+    assert api.get("/pubsubpull/subscriptions/bad%20name/").status_code == 404
+
+
+def test_secrets_never_shown_and_owners_isolated(
+    api: Client, owner: User, httpserver: HTTPServer
+) -> None:
+    secret = generate_secret()
+    put(api, "mine", {"target": hook(httpserver, Receiver()), "secret": secret}, status=201)
+    stored = Subscription.objects.get()
+    assert secret not in stored.secret  # encrypted at rest
+    admin = "/admin/pubsubpull/subscription/"
+    for url in ("/pubsubpull/subscriptions/", "/pubsubpull/subscriptions/mine/", admin,
+                f"{admin}{stored.pk}/change/"):  # fmt: skip
+        content = api.get(url).content.decode()
+        assert secret not in content and stored.secret not in content, url
+    listed = api.get("/pubsubpull/subscriptions/").json()["results"]
+    assert [s["name"] for s in listed] == ["mine"]
+
+    other = Client()
+    other.force_login(User.objects.create_user("other", password="other-password"))
+    assert other.get("/pubsubpull/subscriptions/").json() == {"results": []}
+    assert other.get("/pubsubpull/subscriptions/mine/").status_code == 404
+    assert other.delete("/pubsubpull/subscriptions/mine/").status_code == 404
+    assert api.delete("/pubsubpull/subscriptions/mine/").status_code == 204
+    assert not Subscription.objects.exists()
+
+
+def test_session_writes_need_csrf_token_writes_do_not(owner: User) -> None:
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(owner)
+    body = json.dumps({"target": "http://localhost:8001/x"})
+    refused = browser.put("/pubsubpull/subscriptions/c/", body, "application/json")
+    assert refused.status_code == 403 and refused.json()["error"] == "csrf_failed"
+    _, token = __import__("pubsubpull.auth", fromlist=["create_token"]).create_token(owner)
+    allowed = Client(enforce_csrf_checks=True).put(
+        "/pubsubpull/subscriptions/c/", body, "application/json",
+        HTTP_AUTHORIZATION=f"Bearer {token}",
+    )  # fmt: skip
+    assert allowed.status_code == 201
+
+
+def test_admin_actions_pause_resume_replay(api: Client, httpserver: HTTPServer) -> None:
+    put(api, "adm", {"target": hook(httpserver, Receiver())}, status=201)
+    subscription = Subscription.objects.get()
+    url = "/admin/pubsubpull/subscription/"
+    for action, check in (
+        ("pause", lambda s: s.status == "paused"),
+        ("resume", lambda s: s.status == "active" and s.failures == 0),
+        ("replay_from_start", lambda s: s.cursor == "0-0"),
+    ):
+        response = api.post(url, {"action": action, "_selected_action": [subscription.pk]})
+        assert response.status_code == 302
+        subscription.refresh_from_db()
+        assert check(subscription), action
+    page = api.get(url).content.decode()
+    assert "adm" in page and "Lag" in page
