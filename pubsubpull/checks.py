@@ -84,3 +84,43 @@ def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[checks.Chec
             id="pubsubpull.W001",
         )
     ]
+
+
+@checks.register()
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """E005 unusable ALLOWED_TARGETS entry, E006 event label that is a tracked model."""
+    from . import conf, events, targets
+
+    errors: list[checks.CheckMessage] = []
+    allowed = conf.get("ALLOWED_TARGETS")
+    if isinstance(allowed, str):
+        allowed = [allowed]  # reported below as one entry: a list was meant
+        errors.append(
+            checks.Error(
+                "PUBSUBPULL['ALLOWED_TARGETS'] must be a list of URL prefixes, not a string.",
+                hint='e.g. ["http://127.0.0.1:8001/"]',
+                id="pubsubpull.E005",
+            )
+        )
+    for prefix in allowed:
+        problem = targets.prefix_problem(prefix)
+        if problem:
+            errors.append(
+                checks.Error(
+                    f"PUBSUBPULL['ALLOWED_TARGETS'] entry {prefix!r} is unusable: {problem}",
+                    hint="Use a scheme and host, e.g. 'http://127.0.0.1:8001/' or "
+                    "'http://localhost:' (any port).",
+                    id="pubsubpull.E005",
+                )
+            )
+    for label in events.labels():
+        if label in registry.labels():
+            errors.append(
+                checks.Error(
+                    f"PUBSUBPULL['EVENTS'] names {label!r}, which is a tracked model.",
+                    hint="Custom event labels must differ from tracked models' labels: "
+                    "their topics would mix with the row changes.",
+                    id="pubsubpull.E006",
+                )
+            )
+    return errors

@@ -8,7 +8,12 @@ from django.core import checks
 from django.db import connection
 from django.test import override_settings
 
-from pubsubpull.checks import check_database, check_middleware, check_tracked_models
+from pubsubpull.checks import (
+    check_database,
+    check_middleware,
+    check_settings,
+    check_tracked_models,
+)
 
 TRACK = {"auth.user": {"exclude": ["password"]}}
 
@@ -53,3 +58,26 @@ def test_w001_middleware_missing_while_tracking() -> None:
         (warning,) = check_middleware()
     assert warning.id == "pubsubpull.W001"
     assert "pubsubpull.middleware.RequestMiddleware" in warning.hint
+
+
+def test_e005_unusable_allowed_target() -> None:
+    for value in (["ftp://example.com/"], "http://127.0.0.1:"):
+        with override_settings(PUBSUBPULL={"TRACK": TRACK, "ALLOWED_TARGETS": value}):
+            assert "pubsubpull.E005" in ids(check_settings())
+    with override_settings(PUBSUBPULL={"TRACK": TRACK, "ALLOWED_TARGETS": ["http://h:1/"]}):
+        assert check_settings() == []
+
+
+def test_e006_event_label_is_a_tracked_model() -> None:
+    with override_settings(PUBSUBPULL={"TRACK": TRACK, "EVENTS": ["shop.customer"]}):
+        (error,) = check_settings()
+    assert error.id == "pubsubpull.E006" and "shop.customer" in error.msg
+
+
+@pytest.mark.django_db
+def test_no_missing_migrations() -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    call_command("makemigrations", "pubsubpull", "--check", "--dry-run", stdout=StringIO())
