@@ -202,6 +202,44 @@ class Service:
     def _url(self, *parts: str) -> str:
         return urljoin(self.base_url, "".join(quote(p, safe="") + "/" for p in parts))
 
+    def subscribe(
+        self,
+        name: str,
+        target: str,
+        *,
+        topics: list[str] | None = None,
+        filter: str | None = None,
+        batch_size: int | None = None,
+        secret: str | None = None,
+        status: str | None = None,
+        cursor: str | None = None,
+    ) -> JSON:
+        """Create or replace subscription ``name``: the service PUTs matching changes to
+        ``target``. Returns the subscription (never its secret); options left as None are
+        not sent (on a replace, the cursor, status and secret then stay as they were)."""
+        body = {
+            "target": target, "topics": topics, "filter": filter, "batch_size": batch_size,
+            "secret": secret, "status": status, "cursor": cursor,
+        }  # fmt: skip
+        return self._request(
+            "PUT",
+            self._url("subscriptions", name),
+            body={k: v for k, v in body.items() if v is not None},
+            expect=("name", "status"),
+        )
+
+    def subscription(self, name: str) -> JSON:
+        """One of the caller's subscriptions, with its lag and last error."""
+        return self._get(self._url("subscriptions", name), expect=("name", "status"))
+
+    def subscriptions(self) -> list[JSON]:
+        """The caller's subscriptions."""
+        return list(self._get(self._url("subscriptions"), expect=("results",))["results"])
+
+    def unsubscribe(self, name: str) -> None:
+        """Delete subscription ``name``; :class:`NotFound` if there is none."""
+        self._request("DELETE", self._url("subscriptions", name))
+
     def _get(
         self,
         url: str,
@@ -210,20 +248,33 @@ class Service:
         expect: tuple[str, ...] = (),
     ) -> JSON:
         """The JSON object at ``url``, which must hold the keys in ``expect``."""
+        return self._request("GET", url, params=params, wait=wait, expect=expect)
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        params: Params | None = None,
+        body: JSON | None = None,
+        wait: float | None = None,
+        expect: tuple[str, ...] = (),
+    ) -> JSON:
         timeout = self.timeout + (wait or 0.0)
         try:
-            response = self.session.get(url, params=params, timeout=timeout)
+            response = self.session.request(method, url, params=params, json=body, timeout=timeout)
         except (requests.ConnectionError, requests.Timeout) as error:
             raise ServiceUnavailable(None, "unavailable", str(error), url=url) from error
         except requests.RequestException as error:
             raise ServiceError(None, "request_failed", str(error), url=url) from error
         if response.status_code >= 400:
             raise _error(response)
+        if response.status_code == 204:
+            return {}
         try:
-            body = response.json()
+            answer = response.json()
         except ValueError:
-            body = None
-        if not isinstance(body, dict) or any(key not in body for key in expect):
+            answer = None
+        if not isinstance(answer, dict) or any(key not in answer for key in expect):
             raise ServiceError(
                 response.status_code,
                 "invalid_response",
@@ -231,7 +282,7 @@ class Service:
                 f"included? ({_excerpt(response)})",
                 url=response.url,
             )
-        return body
+        return answer
 
 
 class Changes(Iterator[JSON]):

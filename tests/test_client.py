@@ -377,3 +377,29 @@ def test_client_module_needs_no_django() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "http://127.0.0.1:1/x/"
+
+
+def test_subscribe_list_show_and_unsubscribe(service: Service) -> None:
+    created = service.subscribe(
+        "orders", "http://127.0.0.1:8001/hook", topics=["shop.order.*"], batch_size=50,
+        secret="whsec_" + "A" * 43 + "=",
+    )  # fmt: skip
+    assert (created["name"], created["topics"], created["batch_size"]) == (
+        "orders", ["shop.order.*"], 50,
+    )  # fmt: skip
+    assert created["signed"] is True and "secret" not in created
+    paused = service.subscribe("orders", "http://127.0.0.1:8001/hook", status="paused")
+    assert paused["status"] == "paused" and paused["signed"] is True  # secret kept
+    assert [s["name"] for s in service.subscriptions()] == ["orders"]
+    assert service.subscription("orders")["status"] == "paused"
+    service.unsubscribe("orders")
+    assert service.subscriptions() == []
+    with pytest.raises(NotFound):
+        service.unsubscribe("orders")
+
+
+def test_subscribe_errors_name_the_fields(service: Service) -> None:
+    with pytest.raises(BadRequest) as error:
+        service.subscribe("bad", "http://10.0.0.1/hook", topics=["shop.nothing.*"])
+    assert error.value.code == "invalid_subscription"
+    assert "target" in error.value.detail and "topics" in error.value.detail
