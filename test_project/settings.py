@@ -56,6 +56,9 @@ DATABASES = {"default": database.default()}
 
 STATIC_URL = "static/"
 
+# The demo's subscriber verifies the publisher's webhooks with this secret.
+DEMO_WEBHOOK_SECRET = os.environ.get("DEMO_WEBHOOK_SECRET", "")
+
 PUBSUBPULL = {
     "TRACK": {"auth.user": {"exclude": ["password"]}},
     "ALLOWED_TARGETS": ["http://127.0.0.1:", "http://localhost:"],

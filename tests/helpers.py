@@ -19,7 +19,7 @@ def raw_change_text() -> str:
         return str(cursor.fetchone()[0])
 
 
-def test_database_url() -> str:
+def current_database_url() -> str:
     """A DATABASE_URL for the test database, for subprocesses (scripts, workers, servers)."""
     from urllib.parse import quote
 
@@ -39,7 +39,7 @@ def subprocess_env() -> dict[str, str]:
     return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "test_project.settings",
-        "DATABASE_URL": test_database_url(),
+        "DATABASE_URL": current_database_url(),
     }
 
 
@@ -47,4 +47,4 @@ def raw_connection() -> object:
     """A psycopg connection of its own to the test database (another session)."""
     import psycopg
 
-    return psycopg.connect(test_database_url())
+    return psycopg.connect(current_database_url())

@@ -56,3 +56,22 @@ class Stock(models.Model):
 
     def __str__(self) -> str:
         return f"{self.warehouse}/{self.product_id}"
+
+
+class RemoteCustomer(models.Model):
+    """The subscriber's cache of another service's customers (demo): not tracked.
+
+    ``seq`` is the change ``seq`` last applied to the row: a change applies only if
+    its ``seq`` is greater, so versions of one row never go back in time. Deleted rows
+    stay as tombstones so a late, older change cannot bring them back.
+    """
+
+    id = models.BigIntegerField(primary_key=True)
+    name = models.CharField(max_length=100, blank=True, default="")
+    email = models.CharField(max_length=254, blank=True, default="")
+    active = models.BooleanField(default=True)
+    deleted = models.BooleanField(default=False)
+    seq = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return self.name

@@ -6,6 +6,7 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
+from test_project.shop.mirror import CustomerWebhook
 from test_project.shop.models import Customer, Note
 
 
@@ -55,4 +56,5 @@ urlpatterns = [
     path("count/", count_customers),
     path("notes/", create_note),
     path("rollback/", fail_after_write),
+    path("webhook/", CustomerWebhook.as_view()),
 ]

@@ -1,0 +1,153 @@
+"""The OpenAPI description: a valid OpenAPI 3.1 document that the server keeps to."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import hypothesis
+import jsonschema_rs
+import pytest
+import requests
+import schemathesis
+from django.contrib.auth.models import User
+from django.db import connection
+from django.test import Client
+
+import pubsubpull
+from pubsubpull import openapi
+from pubsubpull.auth import create_token
+from test_project.shop.models import Customer, Order, Product
+
+OPENAPI = "/pubsubpull/openapi.json"
+
+
+def seed(base_url: str) -> None:
+    """Rows of every tracked shop model, and changes of every kind and shape."""
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE shop_product CASCADE")  # a truncate: no pk, old or new
+    with pubsubpull.context(job="seed"):
+        ann = Customer.objects.create(name="Ann", email="ann@example.com", password="secret")
+        bob = Customer.objects.create(name="Bob")
+    pen = Product.objects.create(sku="PEN", name="Pen", price=Decimal("1.50"))
+    Product.objects.create(sku="INK", name="Ink", price=Decimal("4.00")).delete()
+    Order.objects.create(customer=ann, total=Decimal("3.00"), note="two pens")
+    Order.objects.create(customer=bob, total=pen.price)
+    Customer.objects.filter(pk=bob.pk).update(email="bob@example.com")  # fields: ["email"]
+    # A change made in an HTTP request: its "request" is an object.
+    response = requests.post(f"{base_url}/shop/customers/", json={"name": "Cy"}, timeout=10)
+    assert response.status_code == 201
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def token(transactional_db: None) -> str:
+    user = User.objects.create_superuser("root", password="root-password")
+    return create_token(user)[1]
+
+
+@pytest.fixture
+def api_schema(live_server: Any, token: str, settings: Any) -> Any:
+    """The description served by the live server, with every tracked model seeded."""
+    settings.PUBSUBPULL = {**settings.PUBSUBPULL, "MAX_WAIT": 0}  # a fuzzed wait costs no time
+    # Probes with wrong Basic credentials each hash a password: fast hashing, for test speed.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    seed(live_server.url)
+    config = schemathesis.Config.from_dict(
+        {
+            "base-url": live_server.url + "/pubsubpull",
+            "generation": {"mode": "all"},  # valid and invalid requests
+            "auth": {"openapi": {"token": {"bearer": token}}},
+            "operations": [
+                {
+                    # A primary key's type is its model's, which a {label} path cannot
+                    # state: a key of the wrong type is a schema-valid string, answered 400.
+                    "include-path-regex": "^/models/",
+                    "checks": {
+                        "positive_data_acceptance": {
+                            "expected-statuses": ["2xx", "400", "401", "403", "404"]
+                        }
+                    },
+                }
+            ],
+        }
+    )
+    response = requests.get(live_server.url + OPENAPI, headers=bearer(token), timeout=10)
+    # Not from_url: Schemathesis leaves out the operation serving the document it loaded.
+    return schemathesis.openapi.from_dict(response.json(), config=config)
+
+
+@pytest.mark.django_db
+def test_served_document_is_valid_openapi_3_1(client: Client, user: User) -> None:
+    client.force_login(user)  # any authenticated user may read it
+    response = client.get(OPENAPI)
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
+    document = response.json()
+    assert document["openapi"] == "3.1.0"
+    assert document["servers"] == [{"url": "http://testserver/pubsubpull"}]
+    assert set(document["paths"]) == {
+        "/",
+        "/models/{label}/",
+        "/models/{label}/{pk}/",
+        "/changes/",
+        "/openapi.json",
+    }
+    schemathesis.openapi.from_dict(document).validate()  # the OpenAPI 3.1 meta-schema
+
+
+def test_validation_catches_an_invalid_document() -> None:
+    document = openapi.schema("http://testserver/pubsubpull/")
+    document["paths"]["/changes/"]["get"]["parameters"][0]["in"] = "body"  # not in OpenAPI 3.1
+    with pytest.raises(jsonschema_rs.ValidationError):
+        schemathesis.openapi.from_dict(document).validate()
+
+
+@pytest.mark.django_db
+def test_document_needs_authentication(client: Client) -> None:
+    response = client.get(OPENAPI)
+    assert response.status_code == 401
+    assert response.json()["error"] == "not_authenticated"
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@pytest.mark.django_db(transaction=True)
+@schema.parametrize()
+@hypothesis.settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+def test_server_keeps_to_its_description(case: Any) -> None:
+    case.call_and_validate()  # no 5xx; documented status, content type, body and headers
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rows_and_errors_keep_to_the_description(api_schema: Any, token: str) -> None:
+    """Answers that fuzzing rarely reaches: an existing row, and a caller without permission."""
+    instance = api_schema["/models/{label}/{pk}/"]["GET"]
+    instances = api_schema["/models/{label}/"]["GET"]
+    customer = Customer.objects.order_by("pk").first()
+    assert customer is not None
+    root, nobody = bearer(token), bearer(create_token(User.objects.create_user("nobody"))[1])
+    for operation, label, pk, query, headers, status in [
+        (instance, "shop.customer", str(customer.pk), {}, root, 200),
+        (instance, "shop.customer", "x", {}, root, 400),
+        (instance, "shop.customer", "0", {}, root, 404),
+        (instance, "shop.note", "1", {}, root, 404),
+        (instance, "shop.customer", str(customer.pk), {}, nobody, 403),
+        (instances, "shop.order", None, {"limit": 1}, root, 200),
+        (instances, "shop.order", None, {"after": "x"}, root, 400),
+        (instances, "shop.order", None, {}, nobody, 403),
+    ]:
+        path = {"label": label} if pk is None else {"label": label, "pk": pk}
+        case = operation.Case(path_parameters=path, query=query, headers=headers)
+        response = case.call_and_validate()
+        assert response.status_code == status, response.text
+        if status == 200 and pk is None:
+            assert response.json()["next"] is not None  # a full page links the next
