@@ -1,9 +1,321 @@
-"""OpenAPI 3.1 description of the pull endpoints (filled in below)."""
+"""OpenAPI 3.1 description of the pull endpoints, served at ``openapi.json``."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
+
+from django.conf import settings
+
+from . import __version__, conf, registry
+
+JSON = "application/json"
+NULLABLE_OBJECT = {"type": ["object", "null"]}
+URL = {"type": "string", "format": "uri"}
+_WORD = r"([A-Za-z0-9_-]+|\*|#)"
+_PATTERN = rf"\s*{_WORD}(\.{_WORD})*\s*"
+POSITION = "^[0-9]{1,18}-[0-9]{1,18}$"  # (txid, id), each below 2**63
+TOPICS = rf"^{_PATTERN}(,{_PATTERN})*$"  # as pubsubpull.topics.parse accepts them
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """A response with a JSON body."""
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _errors(*statuses: str) -> dict[str, Any]:
+    return {status: {"$ref": f"#/components/responses/{status}"} for status in statuses}
+
+
+def _query(name: str, description: str, schema: dict[str, Any], empty: bool) -> dict[str, Any]:
+    """A query parameter; ``empty``: whether ``name=`` is taken as leaving it out."""
+    parameter = {"name": name, "in": "query", "description": description, "schema": schema}
+    return {**parameter, "allowEmptyValue": empty}
+
+
+def _path(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    parameter = {"name": name, "in": "path", "required": True, "description": description}
+    return {**parameter, "schema": schema}
+
+
+def _limit() -> dict[str, Any]:
+    maximum = int(conf.get("MAX_PAGE_SIZE"))
+    default = min(int(conf.get("PAGE_SIZE")), maximum)
+    return _query(
+        "limit",
+        "Page size.",
+        {"type": "integer", "minimum": 1, "maximum": maximum, "default": default},
+        empty=True,
+    )
+
+
+def _label() -> dict[str, Any]:
+    return _path(
+        "label",
+        "A tracked model, as `app_label.model_name` (case-insensitive).",
+        {
+            "type": "string",
+            "pattern": "^[A-Za-z0-9_]+[.][A-Za-z0-9_]+$",
+            "examples": [t.label for t in registry.tracked()],
+        },
+    )
+
+
+def _paths() -> dict[str, Any]:
+    return {
+        "/": {
+            "get": {
+                "operationId": "directory",
+                "summary": "The tracked models this caller may read, and the other endpoints",
+                "responses": {"200": _json("The directory", _ref("Directory")), **_errors("401")},
+            }
+        },
+        "/models/{label}/": {
+            "get": {
+                "operationId": "instances",
+                "summary": "Rows of a tracked model in primary key order",
+                "parameters": [
+                    _label(),
+                    _query(
+                        "after",
+                        "Continue after this primary key (the `next` URL carries it).",
+                        {"type": "string", "minLength": 1},
+                        empty=False,
+                    ),
+                    _limit(),
+                ],
+                "responses": {
+                    "200": _json("A page of rows", _ref("RowsPage")),
+                    **_errors("400", "401", "403", "404"),
+                },
+            }
+        },
+        "/models/{label}/{pk}/": {
+            "get": {
+                "operationId": "instance",
+                "summary": "One row of a tracked model",
+                "parameters": [
+                    _label(),
+                    _path("pk", "The row's primary key.", {"type": "string", "pattern": "^[^/]+$"}),
+                ],
+                "responses": {
+                    "200": _json("The row", _ref("Row")),
+                    **_errors("400", "401", "403", "404"),
+                },
+            }
+        },
+        "/changes/": {
+            "get": {
+                "operationId": "changes",
+                "summary": "Changes after a position, of the models this caller may read",
+                "description": (
+                    "Only changes of committed transactions below the safe horizon come, in "
+                    "position order: a reader continuing from `cursor` never misses one."
+                ),
+                "parameters": [
+                    _query(
+                        "after",
+                        "A position: the `cursor` of a previous page or a change `id`.",
+                        {"type": "string", "pattern": POSITION},
+                        empty=True,
+                    ),
+                    _query(
+                        "topics",
+                        "Comma-separated topic patterns: dot-separated words, `*` matches one "
+                        "word, `#` zero or more (e.g. `shop.order.*,shop.customer.delete`).",
+                        {"type": "string", "pattern": TOPICS},
+                        empty=True,
+                    ),
+                    _limit(),
+                    _query(
+                        "wait",
+                        "Seconds to wait for a first change when there is none yet (long poll), "
+                        f"capped at {conf.get('MAX_WAIT')}.",
+                        {"type": "number", "minimum": 0, "maximum": 1e9, "default": 0},
+                        empty=True,
+                    ),
+                ],
+                "responses": {
+                    "200": _json("A page of changes", _ref("ChangesPage")),
+                    **_errors("400", "401"),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This description",
+                "responses": {
+                    "200": _json(
+                        "An OpenAPI 3.1 document",
+                        {"type": "object", "required": ["openapi", "info", "paths"]},
+                    ),
+                    **_errors("401"),
+                },
+            }
+        },
+    }
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "detail"],
+        "properties": {
+            "error": {
+                "type": "string",
+                "enum": [
+                    "invalid_parameter",
+                    "not_authenticated",
+                    "permission_denied",
+                    "not_found",
+                ],
+            },
+            "detail": {"type": "string", "description": "What happened and what to do"},
+            "parameter": {"type": "string", "description": "The parameter at fault (400)"},
+        },
+    },
+    "Directory": {
+        "type": "object",
+        "required": ["models", "changes", "subscriptions", "openapi"],
+        "properties": {
+            "models": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["label", "url", "changes"],
+                    "properties": {
+                        "label": {"type": "string"},
+                        "url": {**URL, "description": "Its rows"},
+                        "changes": {**URL, "description": "Its changes"},
+                    },
+                },
+            },
+            "changes": URL,
+            "subscriptions": URL,
+            "openapi": URL,
+        },
+    },
+    "Row": {
+        "type": "object",
+        "description": "A row as PostgreSQL's `to_jsonb`, by column name, less excluded fields",
+    },
+    "RowsPage": {
+        "type": "object",
+        "required": ["results", "next"],
+        "properties": {
+            "results": {"type": "array", "items": _ref("Row")},
+            "next": {**URL, "type": ["string", "null"], "description": "null on the last page"},
+        },
+    },
+    "Change": {
+        "type": "object",
+        "required": [
+            *("id", "seq", "topic", "model", "op", "pk"),
+            *("old", "new", "fields", "request", "context", "time"),
+        ],
+        "properties": {
+            "id": {
+                "type": "string",
+                "pattern": "^[0-9]+-[0-9]+$",
+                "description": "Its position, to pass as `after`",
+            },
+            "seq": {"type": "integer", "description": "Order of recording (not of commit)"},
+            "topic": {"type": "string", "examples": ["shop.order.update"]},
+            "model": {"type": "string", "examples": ["shop.order"]},
+            "op": {"type": "string", "enum": ["insert", "update", "delete", "truncate"]},
+            "pk": {"type": ["string", "null"], "description": "null for a truncate"},
+            "old": {**NULLABLE_OBJECT, "description": "The row before (update, delete)"},
+            "new": {**NULLABLE_OBJECT, "description": "The row after (insert, update)"},
+            "fields": {
+                "type": ["array", "null"],
+                "items": {"type": "string"},
+                "description": "Columns an update changed; null for other operations",
+            },
+            "request": {
+                "type": ["object", "null"],
+                "description": "The HTTP request that made the change",
+                "required": ["id", "method", "path", "user"],
+                "properties": {
+                    "id": {"type": "string", "format": "uuid"},
+                    "method": {"type": "string"},
+                    "path": {"type": "string"},
+                    "user": {"type": ["string", "null"], "description": "Username"},
+                },
+            },
+            "context": {**NULLABLE_OBJECT, "description": "pubsubpull.context() metadata"},
+            "time": {"type": "string", "format": "date-time"},
+        },
+    },
+    "ChangesPage": {
+        "type": "object",
+        "required": ["results", "next", "cursor"],
+        "properties": {
+            "results": {"type": "array", "items": _ref("Change")},
+            "next": {
+                **URL,
+                "type": ["string", "null"],
+                "description": "The next page when this one is full, else null",
+            },
+            "cursor": {
+                "type": "string",
+                "pattern": "^[0-9]+-[0-9]+$",
+                "description": "Where to continue (`after`), even past changes not shown",
+            },
+        },
+    },
+}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(description, _ref("Error"))
+
+
+RESPONSES: dict[str, Any] = {
+    "400": _error("A parameter is invalid: `parameter` names it"),
+    "401": {
+        **_error("No credentials, or wrong ones"),
+        "headers": {"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}},
+    },
+    "403": _error("The caller lacks the model's `view` permission"),
+    "404": _error("Not a tracked model, or no such row"),
+}
+
+
+def _security_schemes() -> dict[str, Any]:
+    return {
+        "token": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A token from `manage.py pubsubpull token <username>`",
+        },
+        "basic": {"type": "http", "scheme": "basic"},
+        "session": {"type": "apiKey", "in": "cookie", "name": settings.SESSION_COOKIE_NAME},
+    }
 
 
 def schema(base_url: str) -> dict[str, Any]:
-    return {"openapi": "3.1.0", "info": {"title": "pubsubpull", "version": "1"}, "paths": {}}
+    """The OpenAPI 3.1 document of the pull endpoints included at ``base_url``."""
+    security_schemes = _security_schemes()
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "pubsubpull",
+            "version": __version__,
+            "description": "Pull tracked rows and their changes as JSON. A model is readable "
+            "by users with its `view` permission.",
+        },
+        "servers": [{"url": base_url.rstrip("/")}],
+        "security": [{name: []} for name in security_schemes],
+        "paths": _paths(),
+        "components": {
+            # Copies: a caller may change its document without changing the next one.
+            "schemas": copy.deepcopy(SCHEMAS),
+            "responses": copy.deepcopy(RESPONSES),
+            "securitySchemes": security_schemes,
+        },
+    }

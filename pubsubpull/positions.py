@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-_FORMAT = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+_FORMAT = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 
 
 class InvalidPosition(ValueError):
@@ -27,7 +27,7 @@ class Position(NamedTuple):
     @classmethod
     def parse(cls, value: str) -> Position:
         """The position a ``cursor``/``id`` string stands for."""
-        match = _FORMAT.match(value or "")
+        match = _FORMAT.fullmatch(value or "")
         if not match or int(match[1]) >= 2**63 or int(match[2]) >= 2**63:
             raise InvalidPosition(
                 f"{value!r} is not a position: use the 'cursor' or a change 'id' from this server"

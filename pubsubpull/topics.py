@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-_WORD = re.compile(r"^[A-Za-z0-9_\-]+$")
+_WORD = re.compile(r"[A-Za-z0-9_\-]+")
 
 
 class InvalidPattern(ValueError):
@@ -17,7 +17,7 @@ def validate(pattern: str) -> str:
     if not pattern:
         raise InvalidPattern("a topic pattern may not be empty")
     for word in pattern.split("."):
-        if word not in ("*", "#") and not _WORD.match(word):
+        if word not in ("*", "#") and not _WORD.fullmatch(word):
             raise InvalidPattern(
                 f"{pattern!r}: each dot-separated word must be letters, digits, _ or -, "
                 "or * (one word) or # (zero or more words)"

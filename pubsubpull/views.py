@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import json
 from collections.abc import Callable
 from typing import Any
@@ -104,7 +105,7 @@ def _limit(request: HttpRequest) -> int:
     maximum = int(conf.get("MAX_PAGE_SIZE"))
     if raw is None or raw == "":
         return min(int(conf.get("PAGE_SIZE")), maximum)
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    if not re.fullmatch(r"[0-9]{1,7}", raw) or not 1 <= int(raw) <= maximum:
         raise bad_parameter("limit", f"limit must be an integer from 1 to {maximum}")
     return int(raw)
 

@@ -6,7 +6,6 @@ from decimal import Decimal
 from typing import Any
 
 import hypothesis
-import jsonschema_rs
 import pytest
 import requests
 import schemathesis
@@ -102,7 +101,7 @@ def test_served_document_is_valid_openapi_3_1(client: Client, user: User) -> Non
 def test_validation_catches_an_invalid_document() -> None:
     document = openapi.schema("http://testserver/pubsubpull/")
     document["paths"]["/changes/"]["get"]["parameters"][0]["in"] = "body"  # not in OpenAPI 3.1
-    with pytest.raises(jsonschema_rs.ValidationError):
+    with pytest.raises(ValueError, match='"body" is not one of'):
         schemathesis.openapi.from_dict(document).validate()
 
 
@@ -119,7 +118,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 @pytest.mark.django_db(transaction=True)
 @schema.parametrize()
 @hypothesis.settings(
-    max_examples=400,
+    max_examples=30,
     deadline=None,
     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
 )
