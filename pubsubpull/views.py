@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-import re
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
