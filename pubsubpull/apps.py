@@ -28,9 +28,12 @@ class PubSubPullConfig(AppConfig):
 
 
 def _install_triggers(using: str = "default", verbosity: int = 1, **kwargs: Any) -> None:
-    """After ``migrate``: bring every tracked table's capture triggers up to date."""
-    from . import capture
+    """After ``migrate``: bring every tracked table's capture triggers up to date, and
+    register the local receivers (``@pubsubpull.on``) as subscriptions."""
+    from . import capture, receivers
 
+    if using == "default":
+        receivers.sync()
     for item in capture.install(using):
         if item.state != "current" and verbosity >= 1:
             action = "Dropped" if item.state == "orphaned" else "Installed"

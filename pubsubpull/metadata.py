@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db import transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from . import registry
@@ -150,6 +151,11 @@ def execute_wrapper(
         connection._pubsubpull_set = False
         return execute(sql, params, many, context)
     connection._pubsubpull_set = state is not None and connection.in_atomic_block
+    if many:
+        # executemany takes one statement: set the metadata first, in the same transaction.
+        with transaction.atomic(using=connection.alias, savepoint=False):
+            cursor.execute(prefix)
+            return execute(sql, params, many, context)
     if params is not None:
         prefix = prefix.replace("%", "%%")  # with parameters, % marks a placeholder
     result = execute(prefix + sql, params, many, context)

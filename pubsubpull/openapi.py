@@ -1,4 +1,4 @@
-"""OpenAPI 3.1 description of the pull endpoints, served at ``openapi.json``."""
+"""OpenAPI 3.1 description of the pull and subscription endpoints, served at ``openapi.json``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 
 from django.conf import settings
 
-from . import __version__, conf, registry
+from . import __version__, conf, registry, subscriptions, targets
+from .models import Subscription
 
 JSON = "application/json"
 NULLABLE_OBJECT = {"type": ["object", "null"]}
@@ -16,6 +17,13 @@ _WORD = r"([A-Za-z0-9_-]+|\*|#)"
 _PATTERN = rf"\s*{_WORD}(\.{_WORD})*\s*"
 POSITION = "^[0-9]{1,18}-[0-9]{1,18}$"  # (txid, id), each below 2**63
 TOPICS = rf"^{_PATTERN}(,{_PATTERN})*$"  # as pubsubpull.topics.parse accepts them
+TOPIC = rf"^{_WORD}(\.{_WORD})*$"  # one pattern, as pubsubpull.topics.validate accepts it
+NAME = subscriptions.NAME.pattern
+# What pubsubpull.targets checks before looking at the host: an http(s) URL of printable
+# ASCII without backslash or fragment. Whether the host may be sent to is not syntax.
+TARGET = r'^[Hh][Tt][Tt][Pp][Ss]?://[!"$-\[\]-~]+$'
+TIME = {"type": "string", "format": "date-time"}
+NULLABLE_TIME = {**TIME, "type": ["string", "null"]}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -29,6 +37,11 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 def _errors(*statuses: str) -> dict[str, Any]:
     return {status: {"$ref": f"#/components/responses/{status}"} for status in statuses}
+
+
+def _named(status: str, response: str) -> dict[str, Any]:
+    """A status answered with a response of ``components/responses`` named other than it."""
+    return {status: {"$ref": f"#/components/responses/{response}"}}
 
 
 def _query(name: str, description: str, schema: dict[str, Any], empty: bool) -> dict[str, Any]:
@@ -145,6 +158,72 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/subscriptions/": {
+            "get": {
+                "operationId": "subscriptions",
+                "summary": "The caller's subscriptions",
+                "responses": {
+                    "200": _json("The caller's subscriptions", _ref("SubscriptionList")),
+                    **_errors("401"),
+                },
+            }
+        },
+        "/subscriptions/{name}/": {
+            "parameters": [
+                _path(
+                    "name",
+                    "The subscription's name, unique per caller: 1-100 letters, digits, `-` or "
+                    "`_` (any other name is not found).",
+                    {"type": "string", "pattern": NAME, "examples": ["big-orders"]},
+                )
+            ],
+            "put": {
+                "operationId": "put_subscription",
+                "summary": "Create or replace one of the caller's subscriptions",
+                "description": (
+                    "Changes are delivered by HTTP PUT to `target` in batches, signed with "
+                    "`secret` (Standard Webhooks). Replacing keeps `cursor`, `status` and "
+                    "`secret` unless the body sets them; `topics`, `filter` and `batch_size` "
+                    "take their defaults when left out. Setting `status` pauses or resumes "
+                    "(`active` also clears failures); setting `cursor` replays from there. "
+                    "Authenticated by the session cookie, the request needs Django's CSRF "
+                    "token."
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {JSON: {"schema": _ref("SubscriptionRequest")}},
+                },
+                "responses": {
+                    "200": _json("Replaced", _ref("Subscription")),
+                    "201": _json("Created", _ref("Subscription")),
+                    **_named("400", "InvalidSubscription"),
+                    **_errors("401"),
+                    **_named("403", "CsrfFailed"),
+                    **_named("404", "NoSubscription"),
+                },
+            },
+            "get": {
+                "operationId": "subscription",
+                "summary": "One of the caller's subscriptions: its state, lag and last error",
+                "responses": {
+                    "200": _json("The subscription", _ref("Subscription")),
+                    **_errors("401"),
+                    **_named("404", "NoSubscription"),
+                },
+            },
+            "delete": {
+                "operationId": "delete_subscription",
+                "summary": "Remove one of the caller's subscriptions",
+                "description": "Authenticated by the session cookie, the request needs Django's "
+                "CSRF token.",
+                "responses": {
+                    "204": {"description": "Removed"},
+                    **_errors("401"),
+                    **_named("403", "CsrfFailed"),
+                    **_named("404", "NoSubscription"),
+                },
+            },
+        },
         "/openapi.json": {
             "get": {
                 "operationId": "openapi",
@@ -170,13 +249,22 @@ SCHEMAS: dict[str, Any] = {
                 "type": "string",
                 "enum": [
                     "invalid_parameter",
+                    "invalid_json",
+                    "invalid_subscription",
                     "not_authenticated",
+                    "csrf_failed",
                     "permission_denied",
                     "not_found",
                 ],
             },
             "detail": {"type": "string", "description": "What happened and what to do"},
             "parameter": {"type": "string", "description": "The parameter at fault (400)"},
+            "fields": {
+                "type": "object",
+                "description": "Messages by field at fault (`invalid_subscription`); `body` when "
+                "the body is not a JSON object",
+                "additionalProperties": {"type": "array", "items": {"type": "string"}},
+            },
         },
     },
     "Directory": {
@@ -268,6 +356,109 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "SubscriptionRequest": {
+        "type": "object",
+        "required": ["target"],
+        "additionalProperties": False,
+        "properties": {
+            "target": {
+                "type": "string",
+                "maxLength": targets.MAX_LENGTH,
+                "pattern": TARGET,
+                "description": "Where to PUT batches: an https URL whose host resolves only to "
+                "public addresses, or a URL under a prefix in `PUBSUBPULL['ALLOWED_TARGETS']`. "
+                "Private, loopback, link-local and metadata addresses are refused; redirects "
+                "are not followed.",
+                "examples": ["https://hooks.example.com/pubsubpull"],
+            },
+            "topics": {
+                "type": "array",
+                "items": {"type": "string", "pattern": TOPIC},
+                "default": [],
+                "description": "Topic patterns (`*` one word, `#` zero or more) of tracked "
+                "models the caller may view, or of custom events; `[]` for all of them.",
+                "examples": [["shop.order.*", "shop.customer.delete"]],
+            },
+            "filter": {
+                "type": ["string", "null"],
+                "default": None,
+                "description": "An SQL/JSON path predicate on the change, checked by PostgreSQL; "
+                "null or empty for none.",
+                "examples": ["$.new.total > 100"],
+            },
+            "batch_size": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+            "secret": {
+                "type": ["string", "null"],
+                "writeOnly": True,
+                "description": "Signs deliveries (Standard Webhooks): `whsec_` and base64, "
+                "e.g. from `pubsubpull.webhooks.generate_secret()`; null or empty for unsigned. "
+                "Never shown back.",
+            },
+            "status": {
+                "type": "string",
+                "enum": [Subscription.Status.ACTIVE.value, Subscription.Status.PAUSED.value],
+                "description": "Pause, or resume (which also clears failures).",
+            },
+            "cursor": {
+                "type": "string",
+                "pattern": POSITION,
+                "description": "Deliver the changes after this position (a change `id` or a "
+                "pull `cursor`): replay, or skip ahead. A new subscription starts at the "
+                "current end of the log.",
+            },
+        },
+    },
+    "Subscription": {
+        "type": "object",
+        "description": "A subscription as its owner sees it: never its secret",
+        "required": [
+            *("name", "target", "topics", "filter", "batch_size", "signed", "status"),
+            *("cursor", "lag", "failures", "last_error", "next_attempt", "last_delivered"),
+            *("created", "updated"),
+        ],
+        "not": {"required": ["secret"]},
+        "properties": {
+            "name": {"type": "string", "pattern": NAME},
+            "target": {"type": "string", "description": "As normalised when saved"},
+            "topics": {"type": "array", "items": {"type": "string"}},
+            "filter": {"type": ["string", "null"]},
+            "batch_size": {"type": "integer", "minimum": 1, "maximum": 1000},
+            "signed": {"type": "boolean", "description": "Whether it has a secret"},
+            "status": {
+                "type": "string",
+                "enum": list(Subscription.Status.values),
+                "description": "`failing`: stopped after too many failed attempts, until "
+                "resumed; `disabled`: the target answered 410 Gone",
+            },
+            "cursor": {
+                "type": "string",
+                "pattern": "^[0-9]+-[0-9]+$",
+                "description": "The last position delivered",
+            },
+            "lag": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": subscriptions.LAG_CAP,
+                "description": "Changes visible and not yet delivered, counted up to "
+                f"{subscriptions.LAG_CAP}",
+            },
+            "failures": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Failed attempts since the last success",
+            },
+            "last_error": {"type": ["string", "null"]},
+            "next_attempt": {**NULLABLE_TIME, "description": "When a failed batch is retried"},
+            "last_delivered": NULLABLE_TIME,
+            "created": TIME,
+            "updated": TIME,
+        },
+    },
+    "SubscriptionList": {
+        "type": "object",
+        "required": ["results"],
+        "properties": {"results": {"type": "array", "items": _ref("Subscription")}},
+    },
 }
 
 
@@ -283,6 +474,25 @@ RESPONSES: dict[str, Any] = {
     },
     "403": _error("The caller lacks the model's `view` permission"),
     "404": _error("Not a tracked model, or no such row"),
+    "InvalidSubscription": _json(
+        "The body is not JSON (`invalid_json`), or not a valid subscription "
+        "(`invalid_subscription`: `fields` has the messages of each field at fault)",
+        {
+            "allOf": [_ref("Error")],
+            "properties": {"error": {"enum": ["invalid_json", "invalid_subscription"]}},
+            "if": {"properties": {"error": {"const": "invalid_subscription"}}},
+            "then": {"required": ["fields"]},
+        },
+    ),
+    "CsrfFailed": _json(
+        "A write authenticated by the session cookie without Django's CSRF token "
+        "(`csrf_failed`): send the token, or authenticate with a token or HTTP Basic",
+        {"allOf": [_ref("Error")], "properties": {"error": {"const": "csrf_failed"}}},
+    ),
+    "NoSubscription": _json(
+        "The caller has no subscription of that name (`not_found`)",
+        {"allOf": [_ref("Error")], "properties": {"error": {"const": "not_found"}}},
+    ),
 }
 
 
@@ -299,15 +509,16 @@ def _security_schemes() -> dict[str, Any]:
 
 
 def schema(base_url: str) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the pull endpoints included at ``base_url``."""
+    """The OpenAPI 3.1 document of the endpoints included at ``base_url``."""
     security_schemes = _security_schemes()
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "pubsubpull",
             "version": __version__,
-            "description": "Pull tracked rows and their changes as JSON. A model is readable "
-            "by users with its `view` permission.",
+            "description": "Pull tracked rows and their changes as JSON, or subscribe to "
+            "have changes delivered by HTTP PUT. A model is readable by users with its `view` "
+            "permission; a subscription is its owner's alone.",
         },
         "servers": [{"url": base_url.rstrip("/")}],
         "security": [{name: []} for name in security_schemes],

@@ -113,6 +113,19 @@ def test_context_with_percent_signs_and_quotes_and_raw_sql() -> None:
     ]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_context_with_executemany_in_autocommit() -> None:
+    with pubsubpull.context(job="many"), connection.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO shop_customer (name, email, password, active) VALUES (%s, '', '', true)",
+            [("a",), ("b",)],
+        )
+    assert [(c.new["name"], c.context) for c in all_changes()] == [
+        ("a", {"job": "many"}),
+        ("b", {"job": "many"}),
+    ]
+
+
 @pytest.mark.django_db
 def test_context_inside_a_request_adds_to_the_request_metadata(client: Client) -> None:
     with pubsubpull.context(source="test"):
