@@ -110,3 +110,38 @@ def test_tail_json_from_now_skips_earlier_changes() -> None:
     finally:
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=30)
+
+
+@pytest.mark.django_db
+def test_prune_never_deletes_what_a_subscription_has_not_received(user: User) -> None:
+    from django.db import connection
+
+    from pubsubpull.models import Change, Delivery, Request, Subscription
+
+    client = Client()
+    client.post("/shop/customers/", {"name": "old"}, "application/json")
+    Customer.objects.create(name="received")
+    Customer.objects.create(name="not received")
+    received = Change.objects.get(new__name="received")
+    Subscription.objects.create(
+        owner=user, name="s", target="http://127.0.0.1:1/", cursor=f"{received.txid}-{received.id}"
+    )
+    Subscription.objects.create(
+        owner=user, name="gone", target="http://127.0.0.1:1/", cursor="0-0", status="disabled"
+    )
+    with connection.cursor() as cursor:  # age every change and request by two days
+        cursor.execute("UPDATE pubsubpull_change SET created = created - interval '2 days'")
+        cursor.execute("UPDATE pubsubpull_request SET started = started - interval '2 days'")
+    out = command("prune", "--older-than", "1d")
+    assert "deleted 3 changes, 1 requests" in out  # old + received (+ alice's insert)
+    assert [c.new["name"] for c in Change.objects.filter(model="shop.customer")] == ["not received"]
+    assert not Request.objects.exists() and not Delivery.objects.exists()
+    assert command("prune", "--older-than", "1d").startswith("deleted 0 changes")
+
+
+@pytest.mark.django_db
+def test_prune_and_status_messages() -> None:
+    with pytest.raises(CommandError, match="30d"):
+        command("prune", "--older-than", "a month")
+    out = command("status")
+    assert "current   shop_customer" in out and "horizon" in out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -14,11 +16,14 @@ from django.db import connection
 from django.test import Client
 
 import pubsubpull
-from pubsubpull import openapi
+from pubsubpull import openapi, targets
 from pubsubpull.auth import create_token
+from pubsubpull.webhooks import generate_secret
 from test_project.shop.models import Customer, Order, Product
 
 OPENAPI = "/pubsubpull/openapi.json"
+# Under the test settings' ALLOWED_TARGETS; nothing listens there, and no worker runs here.
+LOOPBACK_TARGET = "http://127.0.0.1:8001/hook"
 
 
 def seed(base_url: str) -> None:
@@ -42,6 +47,15 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def resolve_offline(host: str, port: int) -> list[str]:
+    """Every host name resolves to one public address, without DNS.
+
+    Fuzzed subscription targets then pass or fail the SSRF guard without a lookup of an
+    arbitrary name; nothing is ever sent to them, as no worker runs in these tests.
+    """
+    return ["8.8.8.8"]
+
+
 @pytest.fixture
 def token(transactional_db: None) -> str:
     user = User.objects.create_superuser("root", password="root-password")
@@ -49,8 +63,14 @@ def token(transactional_db: None) -> str:
 
 
 @pytest.fixture
-def api_schema(live_server: Any, token: str, settings: Any) -> Any:
-    """The description served by the live server, with every tracked model seeded."""
+def api_schema(
+    live_server: Any, token: str, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Any]:
+    """The description served by the live server, with every tracked model seeded.
+
+    The live server runs in this process: the SSRF guard's resolver is replaced here too.
+    """
+    monkeypatch.setattr(targets, "resolver", resolve_offline)
     settings.PUBSUBPULL = {**settings.PUBSUBPULL, "MAX_WAIT": 0}  # a fuzzed wait costs no time
     # Probes with wrong Basic credentials each hash a password: fast hashing, for test speed.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
@@ -70,13 +90,29 @@ def api_schema(live_server: Any, token: str, settings: Any) -> Any:
                             "expected-statuses": ["2xx", "400", "401", "403", "404"]
                         }
                     },
-                }
+                },
+                {
+                    # Whether a target's host is public, a topic's model tracked and readable,
+                    # a filter valid SQL/JSON path or a secret base64 is not a JSON Schema.
+                    "include-operation-id": "put_subscription",
+                    "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400"]}},
+                },
+                {
+                    # A generated name is rarely one of the caller's subscriptions.
+                    "include-operation-id": ["subscription", "delete_subscription"],
+                    "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "404"]}},
+                },
             ],
         }
     )
     response = requests.get(live_server.url + OPENAPI, headers=bearer(token), timeout=10)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT coalesce(max(id), 0) FROM procrastinate_jobs")
+        (last_job,) = cursor.fetchone()
     # Not from_url: Schemathesis leaves out the operation serving the document it loaded.
-    return schemathesis.openapi.from_dict(response.json(), config=config)
+    yield schemathesis.openapi.from_dict(response.json(), config=config)
+    with connection.cursor() as cursor:  # deliveries queued by PUTs: no later worker tries them
+        cursor.execute("DELETE FROM procrastinate_jobs WHERE id > %s", [last_job])
 
 
 @pytest.mark.django_db
@@ -93,8 +129,12 @@ def test_served_document_is_valid_openapi_3_1(client: Client, user: User) -> Non
         "/models/{label}/",
         "/models/{label}/{pk}/",
         "/changes/",
+        "/subscriptions/",
+        "/subscriptions/{name}/",
         "/openapi.json",
     }
+    subscription = document["components"]["schemas"]["Subscription"]
+    assert "secret" not in subscription["properties"] and "signed" in subscription["required"]
     schemathesis.openapi.from_dict(document).validate()  # the OpenAPI 3.1 meta-schema
 
 
@@ -150,3 +190,73 @@ def test_rows_and_errors_keep_to_the_description(api_schema: Any, token: str) ->
         assert response.status_code == status, response.text
         if status == 200 and pk is None:
             assert response.json()["next"] is not None  # a full page links the next
+
+
+@pytest.mark.django_db(transaction=True)
+def test_subscriptions_keep_to_the_description(api_schema: Any, token: str) -> None:
+    """Create, replace, list, show, refuse and delete a subscription, each as described."""
+    operations = api_schema["/subscriptions/{name}/"]
+    listing = api_schema["/subscriptions/"]["GET"]
+    secret = generate_secret()
+    signed = {
+        "target": LOOPBACK_TARGET,
+        "topics": ["shop.order.*"],
+        "filter": "$.new.total > 100",
+        "batch_size": 10,
+        "secret": secret,
+        "status": "paused",
+    }
+    invalid = {"target": "ftp://127.0.0.1/", "batch_size": 0, "colour": "red"}
+    answers = []
+    for operation, body, status in [
+        (operations["PUT"], signed, 201),
+        (operations["PUT"], {"target": LOOPBACK_TARGET}, 200),  # replaced, secret kept
+        (listing, None, 200),
+        (operations["GET"], None, 200),
+        (operations["PUT"], invalid, 400),
+        (operations["DELETE"], None, 204),
+        (operations["GET"], None, 404),
+        (operations["DELETE"], None, 404),
+    ]:
+        path = {} if operation is listing else {"name": "orders"}
+        extra = {} if body is None else {"body": body}
+        case = operation.Case(path_parameters=path, headers=bearer(token), **extra)
+        response = case.call_and_validate()
+        assert response.status_code == status, response.text
+        assert secret not in response.text
+        answers.append(response.json() if response.content else None)
+    created, replaced, listed, shown, refused = answers[:5]
+    assert created["signed"] is True and created["status"] == "paused"
+    assert created["topics"] == ["shop.order.*"] and created["batch_size"] == 10
+    assert replaced["signed"] is True and replaced["status"] == "paused"  # kept
+    assert replaced["topics"] == [] and replaced["filter"] is None  # defaults again
+    assert listed == {"results": [shown]} and shown["name"] == "orders"
+    assert refused["error"] == "invalid_subscription"
+    assert set(refused["fields"]) == {"target", "batch_size", "colour"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_subscription_errors_outside_the_generated_cases(
+    api_schema: Any, live_server: Any, token: str, user: User, settings: Any
+) -> None:
+    """A body that is not JSON, and a session write without the CSRF token."""
+    put = api_schema["/subscriptions/{name}/"]["PUT"]
+    url = f"{live_server.url}/pubsubpull/subscriptions/orders/"
+    headers = {**bearer(token), "Content-Type": "application/json"}
+    response = requests.put(url, data=b"{", headers=headers, timeout=10)
+    assert response.status_code == 400 and response.json()["error"] == "invalid_json"
+    put.validate_response(response)
+
+    session = Client()
+    session.force_login(user)
+    cookie = session.cookies[settings.SESSION_COOKIE_NAME].value
+    body = json.dumps({"target": LOOPBACK_TARGET})
+    response = requests.put(
+        url,
+        data=body,
+        headers={"Content-Type": "application/json"},
+        cookies={settings.SESSION_COOKIE_NAME: cookie},
+        timeout=10,
+    )
+    assert response.status_code == 403 and response.json()["error"] == "csrf_failed"
+    put.validate_response(response)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json as json_module
+import re
 from argparse import ArgumentParser
+from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
 from pubsubpull import capture
+from pubsubpull.sql import load
 
 
 def _line(text: str) -> str:
@@ -27,8 +31,17 @@ def _line(text: str) -> str:
     return "  ".join(parts)
 
 
+def _horizon_holder() -> tuple[int, Any] | None:
+    """The backend whose open transaction is the oldest, and for how long, if any."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(load("horizon_holder"))
+        return cursor.fetchone()
+
+
 class Command(BaseCommand):
-    help = "Operate pubsubpull: triggers, tokens, tail."
+    help = "Operate pubsubpull: triggers, status, tail, prune, token."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         sub = parser.add_subparsers(dest="subcommand", metavar="subcommand")
@@ -55,6 +68,24 @@ class Command(BaseCommand):
         token.add_argument("--name", default="", help="a note saying what the token is for")
         token.add_argument("--list", action="store_true", help="list the user's tokens")
         token.add_argument("--revoke", metavar="ID", help="revoke a token by id, or 'all'")
+
+        prune = sub.add_parser(
+            "prune",
+            help="delete old changes that every subscription has received",
+            description="Delete changes, requests and delivery attempts older than a "
+            "duration; never a change a subscription (other than a disabled one) has not "
+            "received.",
+        )
+        prune.add_argument(
+            "--older-than", required=True, metavar="DURATION", help="e.g. 30d, 12h, 90m"
+        )
+
+        sub.add_parser(
+            "status",
+            help="capture triggers, the horizon and subscriptions at a glance",
+            description="Trigger states, what holds the horizon back, and each "
+            "subscription's status, lag and last error.",
+        )
 
         tail = sub.add_parser(
             "tail",
@@ -104,6 +135,40 @@ class Command(BaseCommand):
             _, text = create_token(user, name)
             self.stderr.write(f"Token for {username} (shown once, store it now):")
             self.stdout.write(text)
+
+    def handle_prune(self, older_than: str, **options: Any) -> None:
+        from pubsubpull.prune import prune
+
+        match = re.fullmatch(r"([0-9]+)([dhm])", older_than.strip())
+        if not match:
+            raise CommandError("--older-than takes a number and d, h or m, e.g. 30d")
+        unit = {"d": "days", "h": "hours", "m": "minutes"}[match[2]]
+        result = prune(timezone.now() - timedelta(**{unit: int(match[1])}))
+        kept = f"; kept everything after {result.kept_after}" if result.kept_after else ""
+        self.stdout.write(
+            f"deleted {result.changes} changes, {result.requests} requests, "
+            f"{result.deliveries} delivery attempts{kept}"
+        )
+
+    def handle_status(self, **options: Any) -> None:
+        from pubsubpull import subscriptions
+        from pubsubpull.models import Subscription
+        from pubsubpull.pull import now
+
+        self.handle_triggers("ls", "default")
+        self.stdout.write(f"horizon   {now()} (changes below it are visible)")
+        holder = _horizon_holder()
+        if holder:
+            self.stdout.write(f"held back by pid {holder[0]}, in a transaction for {holder[1]}")
+        for subscription in Subscription.objects.select_related("owner"):
+            owner = subscription.owner or "local"
+            line = (
+                f"{subscription.status:<9} {owner}/{subscription.name} -> {subscription.target}"
+                f"  lag {subscriptions.lag(subscription)}"
+            )
+            if subscription.last_error:
+                line += f"  last error: {subscription.last_error[:120]}"
+            self.stdout.write(line)
 
     def handle_tail(
         self, topics: str, after: str | None, json: bool, from_start: bool, **options: Any
