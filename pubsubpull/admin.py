@@ -32,8 +32,7 @@ class ChangedFields:
 
 class ChangeInline(ChangedFields, admin.TabularInline):  # type: ignore[type-arg]
     model = Change
-    fields = ["id", "topic", "object_pk", "changed_fields", "created"]
-    readonly_fields = fields
+    fields = readonly_fields = ("id", "topic", "object_pk", "changed_fields", "created")
     can_delete = False
     extra = 0
     show_change_link = True
@@ -52,11 +51,10 @@ class ChangeAdmin(ChangedFields, ReadOnlyAdmin):
     search_fields = ["=object_pk", "topic"]
     date_hierarchy = "created"
     list_select_related = ["request"]
-    fields = [
+    fields = readonly_fields = (
         "id", "txid", "topic", "model", "table", "op", "object_pk", "changed_fields",
         "old", "new", "request", "context", "created",
-    ]  # fmt: skip
-    readonly_fields = fields
+    )  # fmt: skip
     show_full_result_count = False  # counting a large log is slow
 
 
@@ -66,8 +64,9 @@ class RequestAdmin(ReadOnlyAdmin):
     list_filter = ["method", "status", "started"]
     search_fields = ["path", "username"]
     date_hierarchy = "started"
-    fields = ["id", "user", "username", "method", "path", "started", "duration", "status"]
-    readonly_fields = fields
+    fields = readonly_fields = (
+        "id", "user", "username", "method", "path", "started", "duration", "status",
+    )  # fmt: skip
     inlines = [ChangeInline]
 
 

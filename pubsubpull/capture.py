@@ -57,15 +57,13 @@ class Plan:
 
 def plan(tracked: registry.Tracked) -> Plan:
     """Render the capture function of a tracked model."""
-    pk = tracked.model._meta.pk
-    assert pk is not None
     function = function_name(tracked.table)
     function_sql = render(
         "capture_function",
         function=_identifier(function),
         label=_literal(tracked.label),
         table=_literal(tracked.table),
-        pk=_identifier(pk.column),
+        pk=_identifier(tracked.pk_column),
         doc=tracked.document_sql("r"),
     )
     digest = hashlib.sha256(

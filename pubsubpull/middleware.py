@@ -61,7 +61,7 @@ class RequestMiddleware:
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         info, token, started = self._enter(request)
         try:
-            response = await self.get_response(request)  # type: ignore[misc]
+            response: HttpResponseBase = await self.get_response(request)
         finally:
             leave(token)
         if info.wrote:

@@ -65,7 +65,7 @@ def changes_page(
 ) -> ChangesPage:
     """Changes after ``after`` (up to ``until``) below the horizon, of these model labels
     (and custom events if ``events``), topic patterns and jsonpath ``filter``."""
-    params = {
+    params: dict[str, Any] = {
         "after_txid": str(after.txid),
         "after_id": after.id,
         "until_txid": str(until.txid) if until else None,
@@ -125,11 +125,9 @@ def _listener(using: str) -> psycopg.Connection[Any]:
 
 
 def _relation(tracked: registry.Tracked) -> dict[str, str]:
-    pk = tracked.model._meta.pk
-    assert pk is not None
     return {
         "relation": pgsql.Identifier(tracked.table).as_string(),
-        "pk": pgsql.Identifier(pk.column).as_string(),
+        "pk": pgsql.Identifier(tracked.pk_column).as_string(),
         "doc": tracked.document_sql("r"),
     }
 

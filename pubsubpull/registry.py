@@ -35,6 +35,13 @@ class Tracked:
         return self.model._meta.db_table
 
     @property
+    def pk_column(self) -> str:
+        """The primary key's column (check E002 refuses models without a single one)."""
+        pk = self.model._meta.pk
+        assert pk is not None and pk.column is not None
+        return pk.column
+
+    @property
     def excluded_columns(self) -> tuple[str, ...]:
         """Column names of the excluded fields (unknown names are reported by a check)."""
         columns = []

@@ -18,7 +18,7 @@ def embedded_url(folder: Path = EMBEDDED_FOLDER, cleanup_mode: str | None = None
         import pgserver  # test extra: only needed when no DATABASE_URL is given
 
     folder.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(str(folder), cleanup_mode=cleanup_mode)
+    server = pgserver.get_server(str(folder), cleanup_mode=cleanup_mode)  # type: ignore[attr-defined]
     return str(server.get_uri())
 
 

@@ -37,7 +37,8 @@ def _horizon_holder() -> tuple[int, Any] | None:
 
     with connection.cursor() as cursor:
         cursor.execute(load("horizon_holder"))
-        return cursor.fetchone()
+        row = cursor.fetchone()
+    return None if row is None else (int(row[0]), row[1])
 
 
 class Command(BaseCommand):
