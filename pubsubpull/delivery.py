@@ -65,9 +65,10 @@ def visible_scope(subscription: Subscription) -> tuple[list[str], bool]:
     return [t.label for t in pull.readable(owner)], owner.has_perm("pubsubpull.view_change")
 
 
-def _page(
+def pending(
     subscription: Subscription, limit: int, until: Position | None = None
 ) -> pull.ChangesPage:
+    """Up to ``limit`` visible changes after the subscription's cursor that it selects."""
     labels, events = visible_scope(subscription)
     return pull.changes_page(
         labels,
@@ -88,13 +89,13 @@ def next_batch(subscription: Subscription) -> Batch | None:
     """
     if subscription.batch_end:
         end = Position.parse(subscription.batch_end)
-        page = _page(subscription, subscription.batch_size, until=end)
+        page = pending(subscription, subscription.batch_size, until=end)
         if page.results:
             return Batch(subscription.batch_id, page.results, _first(page), end)
         # nothing left in it (e.g. the owner lost a permission): drop the batch
         Subscription.objects.filter(pk=subscription.pk).update(batch_id="", batch_end="")
         subscription.batch_id = subscription.batch_end = ""
-    page = _page(subscription, subscription.batch_size)
+    page = pending(subscription, subscription.batch_size)
     if not page.results:
         cursor = page.cursor(Position.parse(subscription.cursor), subscription.batch_size)
         if str(cursor) != subscription.cursor:
@@ -232,7 +233,7 @@ def due_subscriptions() -> list[int]:
     ):
         if subscription.next_attempt and subscription.next_attempt > now:
             continue
-        if subscription.batch_end or _page(subscription, 1).results:
+        if subscription.batch_end or pending(subscription, 1).results:
             due.append(subscription.pk)
     return due
 

@@ -9,7 +9,7 @@ from django.db import DatabaseError, connection, transaction
 
 from . import events, pull, registry, targets, topics, webhooks
 from .crypto import encrypt
-from .delivery import visible_scope
+from .delivery import pending
 from .models import Subscription
 from .positions import InvalidPosition, Position
 
@@ -150,16 +150,7 @@ def save(owner: Any, name: str, values: dict[str, Any]) -> tuple[Subscription, b
 
 def lag(subscription: Subscription) -> int:
     """Changes below the horizon not yet delivered (counted up to LAG_CAP)."""
-    labels, see_events = visible_scope(subscription)
-    page = pull.changes_page(
-        labels,
-        Position.parse(subscription.cursor),
-        list(subscription.topics),
-        LAG_CAP,
-        events=see_events,
-        filter=subscription.filter or None,
-    )
-    return len(page.results)
+    return len(pending(subscription, LAG_CAP).results)
 
 
 def as_json(subscription: Subscription) -> dict[str, Any]:
