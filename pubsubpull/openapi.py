@@ -18,7 +18,7 @@ _PATTERN = rf"\s*{_WORD}(\.{_WORD})*\s*"
 POSITION = "^[0-9]{1,18}-[0-9]{1,18}$"  # (txid, id), each below 2**63
 TOPICS = rf"^{_PATTERN}(,{_PATTERN})*$"  # as pubsubpull.topics.parse accepts them
 TOPIC = rf"^{_WORD}(\.{_WORD})*$"  # one pattern, as pubsubpull.topics.validate accepts it
-NAME = subscriptions.NAME.pattern
+NAME = "^[-a-zA-Z0-9_]{1,100}$"  # subscription names, as pubsubpull.subscriptions.NAME
 # What pubsubpull.targets checks before looking at the host: an http(s) URL of printable
 # ASCII without backslash or fragment. Whether the host may be sent to is not syntax.
 TARGET = r'^[Hh][Tt][Tt][Pp][Ss]?://[!"$-\[\]-~]+$'
@@ -490,7 +490,8 @@ RESPONSES: dict[str, Any] = {
         {"allOf": [_ref("Error")], "properties": {"error": {"const": "csrf_failed"}}},
     ),
     "NoSubscription": _json(
-        "The caller has no subscription of that name (`not_found`)",
+        "The caller has no subscription of that name, or the name is not 1-100 letters, "
+        "digits, `-` or `_` (`not_found`)",
         {"allOf": [_ref("Error")], "properties": {"error": {"const": "not_found"}}},
     ),
 }

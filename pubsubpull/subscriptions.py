@@ -13,7 +13,7 @@ from .delivery import pending
 from .models import Subscription
 from .positions import InvalidPosition, Position
 
-NAME = re.compile(r"^[-a-zA-Z0-9_]{1,100}$")
+NAME = re.compile(r"[-a-zA-Z0-9_]{1,100}")
 FIELDS = {"target", "topics", "filter", "batch_size", "secret", "status", "cursor"}
 LAG_CAP = 10_000
 

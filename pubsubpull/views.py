@@ -252,7 +252,7 @@ def subscription(request: HttpRequest, name: str) -> HttpResponse:
     """Create or replace (PUT), show (GET) or remove (DELETE) one of the caller's
     subscriptions."""
     owner = request.api_user  # type: ignore[attr-defined]
-    if not subscriptions.NAME.match(name):
+    if not subscriptions.NAME.fullmatch(name):
         raise ApiError(404, "not_found", "subscription names are 1-100 letters, digits, - or _")
     if request.method == "PUT":
         try:

@@ -207,7 +207,7 @@ def test_subscriptions_keep_to_the_description(api_schema: Any, token: str) -> N
         "status": "paused",
     }
     invalid = {"target": "ftp://127.0.0.1/", "batch_size": 0, "colour": "red"}
-    answers = []
+    answers: list[Any] = []  # JSON bodies, None for 204
     for operation, body, status in [
         (operations["PUT"], signed, 201),
         (operations["PUT"], {"target": LOOPBACK_TARGET}, 200),  # replaced, secret kept
@@ -260,3 +260,13 @@ def test_subscription_errors_outside_the_generated_cases(
     )
     assert response.status_code == 403 and response.json()["error"] == "csrf_failed"
     put.validate_response(response)
+
+
+@pytest.mark.parametrize("name", ["abc%0A", "a" * 100 + "%0A"], ids=["short", "100 characters"])
+@pytest.mark.django_db
+def test_a_name_ending_in_a_newline_is_not_found(client: Client, user: User, name: str) -> None:
+    """The described name pattern (ECMA-262: '$' is the end) has no trailing newline."""
+    client.force_login(user)
+    body = json.dumps({"target": LOOPBACK_TARGET})
+    response = client.put(f"/pubsubpull/subscriptions/{name}/", body, "application/json")
+    assert response.status_code == 404, response.content
