@@ -227,3 +227,45 @@ class Delivery(_Immutable):
     @property
     def ok(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code < 300
+
+
+class Mirror(models.Model):
+    """A local copy of another service's model, kept by ``manage.py pubsubpull pull``.
+
+    The state is durable: a pull that is killed resumes where its last committed page
+    ended.
+    """
+
+    service = models.CharField(max_length=2000, help_text="base URL of the remote pull API")
+    label = models.CharField(max_length=255, help_text="remote model, app_label.model_name")
+    into = models.CharField(max_length=255, help_text="local model, app_label.model_name")
+    cursor = models.CharField(max_length=41, validators=[validate_position])
+    backfill_after = models.TextField(blank=True, default="", help_text="last pk copied")
+    backfilled = models.BooleanField(default=False)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["service", "label", "into"], name="pubsubpull_mirror_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.service} {self.label} -> {self.into}"
+
+
+class MirrorRow(models.Model):
+    """The ``seq`` of the last change a mirror applied to a row: older ones are skipped."""
+
+    mirror = models.ForeignKey(Mirror, on_delete=models.CASCADE, related_name="rows")
+    pk_value = models.TextField()
+    seq = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["mirror", "pk_value"], name="pubsubpull_mirror_row")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.mirror_id}:{self.pk_value}@{self.seq}"

@@ -132,8 +132,9 @@ def _paths() -> dict[str, Any]:
                 "parameters": [
                     _query(
                         "after",
-                        "A position: the `cursor` of a previous page or a change `id`.",
-                        {"type": "string", "pattern": POSITION},
+                        "A position: the `cursor` of a previous page or a change `id`; or "
+                        "`now`: only changes not visible yet (with `wait`, the next ones).",
+                        {"type": "string", "pattern": POSITION[:-1] + "|^now$"},
                         empty=True,
                     ),
                     _query(

@@ -191,10 +191,13 @@ def _primary_key(tracked: registry.Tracked, value: str, parameter: str) -> Any:
 def changes(request: HttpRequest) -> HttpResponse:
     """Changes after a position, below the safe horizon, optionally long-polled."""
     limit = _limit(request)
+    raw_after = request.GET.get("after")
     try:
-        after = Position.parse(request.GET["after"]) if request.GET.get("after") else START
+        after = Position.parse(raw_after) if raw_after and raw_after != "now" else START
     except InvalidPosition as error:
         raise bad_parameter("after", str(error)) from None
+    if raw_after == "now":  # a new reader that wants only what comes next
+        after = pull.now()
     try:
         patterns = topics.parse(request.GET.get("topics"))
     except topics.InvalidPattern as error:

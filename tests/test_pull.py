@@ -360,3 +360,12 @@ def test_unknown_model_and_missing_row_are_404(admin_client: Client) -> None:
     assert get(admin_client, f"{API}/models/shop.note/", status=404)["error"] == "not_found"
     get(admin_client, f"{API}/models/shop.nothing/1/", status=404)
     get(admin_client, f"{API}/models/shop.customer/424242/", status=404)
+
+
+def test_after_now_sees_only_what_comes_next(admin_client: Client) -> None:
+    Customer.objects.create(name="before")
+    body = get(admin_client, f"{API}/changes/?after=now")
+    assert body["results"] == [] and body["next"] is None
+    Customer.objects.create(name="after")
+    later, _ = read_changes(admin_client, after=body["cursor"])
+    assert [c["new"]["name"] for c in later] == ["after"]

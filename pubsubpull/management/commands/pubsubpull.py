@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json as json_module
+import os
 import re
 from argparse import ArgumentParser
 from datetime import timedelta
@@ -81,6 +82,22 @@ class Command(BaseCommand):
             "--older-than", required=True, metavar="DURATION", help="e.g. 30d, 12h, 90m"
         )
 
+        pull = sub.add_parser(
+            "pull",
+            help="copy another service's model into a local one, then follow its changes",
+            description="Backfill every instance of LABEL from the pubsubpull API at URL "
+            "into the local model, then apply its changes from a durable cursor. "
+            "Resumes where it stopped.",
+        )
+        pull.add_argument("url", help="base URL where the service includes pubsubpull.urls")
+        pull.add_argument("label", help="remote model, app_label.model_name")
+        pull.add_argument("--into", required=True, help="local model, app_label.Model")
+        pull.add_argument(
+            "--token", default=os.environ.get("PUBSUBPULL_TOKEN"),
+            help="API token (default: $PUBSUBPULL_TOKEN)",
+        )  # fmt: skip
+        pull.add_argument("--follow", action="store_true", help="keep following, until Ctrl-C")
+
         sub.add_parser(
             "status",
             help="capture triggers, the horizon and subscriptions at a glance",
@@ -136,6 +153,33 @@ class Command(BaseCommand):
             _, text = create_token(user, name)
             self.stderr.write(f"Token for {username} (shown once, store it now):")
             self.stdout.write(text)
+
+    def handle_pull(
+        self, url: str, label: str, into: str, token: str | None, follow: bool, **options: Any
+    ) -> None:
+        from pubsubpull import mirror
+        from pubsubpull.client import Service, ServiceError
+
+        def progress(phase: str, count: int) -> None:
+            if self.stderr.isatty():
+                self.stderr.write(f"\r{phase}: {count}", ending="")
+                self.stderr.flush()
+
+        service = Service(url, token=token)
+        state = None
+        try:
+            state = mirror.start(service, label.lower(), into)
+            if not state.backfilled:
+                copied = mirror.backfill(service, state, progress)
+                self.stdout.write(f"backfilled {copied} rows of {label} into {into}")
+            applied = mirror.follow(
+                service, state, wait=25 if follow else None, progress=progress, forever=follow
+            )
+            self.stdout.write(f"applied {applied} changes; cursor {state.cursor}")
+        except (mirror.MirrorError, ServiceError) as error:
+            raise CommandError(str(error)) from None
+        except KeyboardInterrupt:
+            self.stdout.write(f"stopped; resumes from {state.cursor if state else 'the start'}")
 
     def handle_prune(self, older_than: str, **options: Any) -> None:
         from pubsubpull.prune import prune

@@ -1,0 +1,100 @@
+"""``manage.py pubsubpull pull``: a local copy of a remote model, resumable."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from pytest_django.live_server_helper import LiveServer
+
+from pubsubpull import mirror
+from pubsubpull.auth import create_token
+from pubsubpull.models import Mirror
+from test_project.shop.models import Customer, RemoteCustomer
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def pull(live_server: LiveServer) -> object:
+    _, token = create_token(User.objects.create_superuser("reader", password="reader-pw"))
+
+    def run() -> str:
+        out = io.StringIO()
+        call_command(
+            "pubsubpull", "pull", f"{live_server.url}/pubsubpull/", "shop.customer",
+            "--into", "shop.RemoteCustomer", "--token", token, stdout=out,
+        )  # fmt: skip
+        return out.getvalue()
+
+    return run
+
+
+def copies() -> list[tuple[int, str, str]]:
+    return list(RemoteCustomer.objects.order_by("id").values_list("id", "name", "email"))
+
+
+def originals() -> list[tuple[int, str, str]]:
+    return list(Customer.objects.order_by("id").values_list("id", "name", "email"))
+
+
+def test_backfill_then_follow_changes(pull: object) -> None:
+    for name in ("a", "b", "c"):
+        Customer.objects.create(name=name, email=f"{name}@example.com")
+    assert "backfilled 3 rows" in pull()  # type: ignore[operator]
+    assert copies() == originals()
+
+    Customer.objects.filter(name="a").update(email="new@example.com")
+    Customer.objects.filter(name="b").delete()
+    Customer.objects.create(name="d")
+    out = pull()  # type: ignore[operator]
+    assert "backfilled" not in out and "applied 3 changes" in out
+    assert copies() == originals()
+
+
+def test_interrupted_backfill_resumes_where_it_stopped(
+    pull: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Customer.objects.bulk_create(Customer(name=f"c{i}") for i in range(1200))
+    real_copy = mirror._copy
+    calls: list[int] = []
+
+    def copy_then_die(*args: object) -> int:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed after the first committed page
+        return real_copy(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(mirror, "_copy", copy_then_die)
+    assert "stopped" in pull()  # type: ignore[operator]
+    state = Mirror.objects.get()
+    assert not state.backfilled and RemoteCustomer.objects.count() == 1000
+    assert state.backfill_after == str(Customer.objects.order_by("id")[999].id)
+    monkeypatch.setattr(mirror, "_copy", real_copy)
+    Customer.objects.create(name="during")  # written between the two runs
+    pull()  # type: ignore[operator]
+    assert copies() == originals()
+
+
+def test_an_older_version_of_a_row_never_overwrites_a_newer_one(pull: object) -> None:
+    Customer.objects.create(name="x")
+    pull()  # type: ignore[operator]
+    state = Mirror.objects.get()
+    pk = str(Customer.objects.get().pk)
+    new = {"id": int(pk), "name": "newer", "email": "", "active": True}
+    old = {**new, "name": "older"}
+    mirror._apply(state, RemoteCustomer, {"op": "update", "pk": pk, "seq": 10**6, "new": new})
+    mirror._apply(state, RemoteCustomer, {"op": "update", "pk": pk, "seq": 10**6 - 1, "new": old})
+    assert RemoteCustomer.objects.get().name == "newer"
+
+
+def test_errors_are_command_errors(live_server: LiveServer) -> None:
+    with pytest.raises(CommandError, match="not an installed model"):
+        call_command("pubsubpull", "pull", f"{live_server.url}/pubsubpull/", "shop.customer",
+                     "--into", "shop.nothing", stdout=io.StringIO())  # fmt: skip
+    with pytest.raises(CommandError, match="authentication"):
+        call_command("pubsubpull", "pull", f"{live_server.url}/pubsubpull/", "shop.customer",
+                     "--into", "shop.RemoteCustomer", stdout=io.StringIO())  # fmt: skip
