@@ -90,8 +90,8 @@ def next_batch(subscription: Subscription) -> Batch | None:
     if subscription.batch_end:
         end = Position.parse(subscription.batch_end)
         page = pending(subscription, subscription.batch_size, until=end)
-        if page.results:
-            return Batch(subscription.batch_id, page.results, _first(page), end)
+        if page.first is not None:
+            return Batch(subscription.batch_id, page.results, page.first, end)
         # nothing left in it (e.g. the owner lost a permission): drop the batch
         Subscription.objects.filter(pk=subscription.pk).update(batch_id="", batch_end="")
         subscription.batch_id = subscription.batch_end = ""
@@ -103,16 +103,12 @@ def next_batch(subscription: Subscription) -> Batch | None:
                 cursor=str(cursor)
             )
         return None
-    assert page.last is not None
-    batch = Batch(uuid.uuid4().hex, page.results, _first(page), page.last)
+    assert page.first is not None and page.last is not None
+    batch = Batch(uuid.uuid4().hex, page.results, page.first, page.last)
     Subscription.objects.filter(pk=subscription.pk).update(
         batch_id=batch.id, batch_end=str(batch.last)
     )
     return batch
-
-
-def _first(page: pull.ChangesPage) -> Position:
-    return Position.parse(json.loads(page.results[0])["id"])
 
 
 def body(subscription: Subscription, batch: Batch) -> bytes:

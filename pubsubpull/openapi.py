@@ -134,7 +134,7 @@ def _paths() -> dict[str, Any]:
                         "after",
                         "A position: the `cursor` of a previous page or a change `id`; or "
                         "`now`: only changes not visible yet (with `wait`, the next ones).",
-                        {"type": "string", "pattern": POSITION[:-1] + "|^now$"},
+                        {"type": "string", "pattern": "^(" + POSITION[1:-1] + "|now)$"},
                         empty=True,
                     ),
                     _query(

@@ -20,6 +20,7 @@ CHANNEL = "pubsubpull"  # NOTIFYed by the capture triggers when a transaction wr
 @dataclass(frozen=True)
 class ChangesPage:
     results: list[str]  # change JSON texts, in position order
+    first: Position | None  # position of the first result
     last: Position | None  # position of the last result
     horizon: int  # pg_snapshot_xmin when the page was read
 
@@ -80,8 +81,9 @@ def changes_page(
         cursor.execute(load("changes_page"), params)
         rows = cursor.fetchall()
     results = [doc for _, position, doc in rows if position is not None]
+    first = Position.parse(rows[0][1]) if results else None
     last = Position.parse(rows[-1][1]) if results else None
-    return ChangesPage(results, last, int(rows[0][0]))
+    return ChangesPage(results, first, last, int(rows[0][0]))
 
 
 def wait_for_changes(
