@@ -149,6 +149,7 @@ class Migration(migrations.Migration):
             ),
         ),
         migrations.RunSQL(
-            load("change_json"), "DROP FUNCTION IF EXISTS pubsubpull_change_json(pubsubpull_change)"
+            load("changed_fields") + load("request_json") + load("change_json"),
+            "DROP FUNCTION IF EXISTS pubsubpull_change_json(pubsubpull_change)",
         ),
     ]

@@ -1,9 +1,13 @@
 -- The JSON of one change, as pull pages, deliveries and filters see it.
 -- "fields" (changed columns of an update) is derived here, at read time, so the
 -- capture triggers never pay for it.
-CREATE OR REPLACE FUNCTION pubsubpull_change_json(c pubsubpull_change) RETURNS jsonb
+-- Performance: json (text) built with json_build_object, and no subquery in the body, so
+-- PostgreSQL inlines the function into the calling query; jsonb and a subquery made it a
+-- function call per change that also re-parsed old/new (5-8 times slower). Filters cast
+-- it to jsonb.
+CREATE OR REPLACE FUNCTION pubsubpull_change_json(c pubsubpull_change) RETURNS json
 LANGUAGE sql STABLE AS $function$
-    SELECT jsonb_build_object(
+    SELECT json_build_object(
         'id', c.txid::text || '-' || c.id::text,
         'seq', c.id,
         'topic', c.topic,
@@ -12,18 +16,9 @@ LANGUAGE sql STABLE AS $function$
         'pk', c.pk,
         'old', c.old,
         'new', c.new,
-        'fields', CASE WHEN c.op = 'update' THEN (
-            SELECT coalesce(jsonb_agg(k ORDER BY k), '[]'::jsonb)
-            FROM (SELECT jsonb_object_keys(c.old) UNION SELECT jsonb_object_keys(c.new)) AS f (k)
-            WHERE c.old -> k IS DISTINCT FROM c.new -> k
-        ) END,
-        'request', (
-            SELECT jsonb_build_object(
-                'id', r.id, 'method', r.method, 'path', r.path, 'user', nullif(r.username, '')
-            )
-            FROM pubsubpull_request r
-            WHERE r.id = c.request_id
-        ),
+        'fields', CASE WHEN c.op = 'update' THEN pubsubpull_changed_fields(c.old, c.new) END,
+        'request', CASE WHEN c.request_id IS NOT NULL
+                        THEN pubsubpull_request_json(c.request_id) END,
         'context', c.context,
         'time', c.created
     )

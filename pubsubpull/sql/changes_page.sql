@@ -6,25 +6,28 @@
 -- A predicate filter ("$.new.total > 100") must be true; a path filter
 -- ("$.new ? (@.total > 100)") must find something.
 -- The first row always comes, with the horizon; page rows follow it (LEFT JOIN).
+-- Performance: "candidates" has no ORDER BY and compares txid with a scalar subquery, so
+-- PostgreSQL folds it into "page" and walks the (txid, id) index up to the LIMIT; an
+-- ORDER BY here (or a join with horizon) made it build the JSON of every change after
+-- the cursor and sort them all, for every page (O(backlog) per page).
 WITH horizon AS (
     SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin
 ), candidates AS (
     SELECT c.txid, c.id, pubsubpull_change_json(c) AS doc
-    FROM pubsubpull_change c, horizon h
+    FROM pubsubpull_change c
     WHERE (c.txid, c.id) > (%(after_txid)s::xid8, %(after_id)s::bigint)
       AND (%(until_id)s::bigint IS NULL
            OR (c.txid, c.id) <= (%(until_txid)s::xid8, %(until_id)s::bigint))
-      AND c.txid < h.xmin
+      AND c.txid < (SELECT xmin FROM horizon)
       AND (c.model = ANY (%(models)s::text[]) OR (%(events)s AND c."table" = ''))
       AND (%(patterns)s::text[] IS NULL OR ('.' || c.topic) ~ ANY (%(patterns)s::text[]))
-    ORDER BY c.txid, c.id
 ), page AS (
     SELECT * FROM candidates
     WHERE %(filter)s::jsonpath IS NULL
        OR CASE WHEN jsonb_typeof(jsonb_path_query_first('{}', %(filter)s::jsonpath))
                     IN ('boolean', 'null')
-               THEN coalesce(doc @@ %(filter)s::jsonpath, false)
-               ELSE doc @? %(filter)s::jsonpath END
+               THEN coalesce(doc::jsonb @@ %(filter)s::jsonpath, false)
+               ELSE doc::jsonb @? %(filter)s::jsonpath END
     ORDER BY txid, id
     LIMIT %(limit)s
 )
