@@ -582,7 +582,7 @@ during single saves; and variants of the function body installed on the benchmar
   a session that also runs bulk statements (long-lived connections, and this benchmark), the
   single-row statements were planned on every call: `perf` put 15% of the backend's CPU in
   the planner under the trigger. Without parameters PL/pgSQL always uses the one generic plan.
-  Proposed change to `pubsubpull/sql/capture_function.sql`: in the three `INSERT ... SELECT`s,
+  Applied in `pubsubpull/sql/capture_function.sql`: in the three `INSERT ... SELECT`s,
   replace `_request, _context` by one-time sub-selects (InitPlans, evaluated once per
   statement) `(SELECT (nullif(current_setting('pubsubpull.request', true), '')::jsonb->>'id')
   ::uuid), (SELECT nullif(current_setting('pubsubpull.context', true), '')::jsonb)`. Measured
