@@ -22,7 +22,7 @@ from django.db.models import F
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from . import conf, pull, registry, targets, webhooks
+from . import conf, pull, targets, webhooks
 from .crypto import decrypt
 from .models import Delivery, Subscription
 from .positions import Position
@@ -57,19 +57,11 @@ class Attempt:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-def visible_scope(subscription: Subscription) -> tuple[list[str], bool]:
-    """Model labels the subscription may receive, and whether custom events too."""
-    owner = subscription.owner
-    if owner is None:  # a local receiver: the service's own code
-        return [t.label for t in registry.tracked()], True
-    return [t.label for t in pull.readable(owner)], owner.has_perm("pubsubpull.view_change")
-
-
 def pending(
     subscription: Subscription, limit: int, until: Position | None = None
 ) -> pull.ChangesPage:
     """Up to ``limit`` visible changes after the subscription's cursor that it selects."""
-    labels, events = visible_scope(subscription)
+    labels, events = pull.scope(subscription.owner)  # no owner: a local receiver
     return pull.changes_page(
         labels,
         Position.parse(subscription.cursor),

@@ -53,6 +53,14 @@ def readable(user: Any) -> list[registry.Tracked]:
     ]
 
 
+def scope(user: Any | None) -> tuple[list[str], bool]:
+    """The model labels whose changes ``user`` may see, and whether custom events too
+    (they need ``pubsubpull.view_change``). ``None`` is the service's own code: all."""
+    if user is None:
+        return [t.label for t in registry.tracked()], True
+    return [t.label for t in readable(user)], user.has_perm("pubsubpull.view_change")
+
+
 def changes_page(
     models: list[str],
     after: Position,

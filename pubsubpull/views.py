@@ -203,9 +203,7 @@ def changes(request: HttpRequest) -> HttpResponse:
     except topics.InvalidPattern as error:
         raise bad_parameter("topics", str(error)) from None
     wait = _wait(request)
-    user = request.api_user  # type: ignore[attr-defined]
-    models = [t.label for t in pull.readable(user)]
-    events = user.has_perm("pubsubpull.view_change")  # custom events: no model of their own
+    models, events = pull.scope(request.api_user)  # type: ignore[attr-defined]
     page = pull.wait_for_changes(models, after, patterns, limit, wait, events=events)
     cursor = page.cursor(after, limit)
     next_url = None

@@ -218,17 +218,16 @@ class Command(BaseCommand):
     def handle_tail(
         self, topics: str, after: str | None, json: bool, from_start: bool, **options: Any
     ) -> None:
-        from pubsubpull import registry
         from pubsubpull import topics as topic_patterns
         from pubsubpull.positions import START, InvalidPosition, Position
-        from pubsubpull.pull import now, wait_for_changes
+        from pubsubpull.pull import now, scope, wait_for_changes
 
         try:
             patterns = topic_patterns.parse(topics)
             position = Position.parse(after) if after else START
         except (topic_patterns.InvalidPattern, InvalidPosition) as error:
             raise CommandError(str(error)) from None
-        models = [t.label for t in registry.tracked()]
+        models, _ = scope(None)  # the service's own log: every model and event
         if after is None and not from_start:
             position = now()  # skip what is already visible
         self.stderr.write(f"following changes after {position} (Ctrl-C to stop)")
