@@ -13,9 +13,14 @@ class PubSubPullConfig(AppConfig):
     verbose_name = "pubsubpull"
     default_auto_field = "django.db.models.BigAutoField"
 
+    #: Whether the workers' wake-up middleware could be added (system check E007).
+    wakeups_installed = False
+
     def ready(self) -> None:
-        from . import checks, registry  # noqa: F401 - checks register themselves
+        from . import checks, registry, tasks  # noqa: F401 - checks register themselves
         from .metadata import install
+
+        self.wakeups_installed = tasks.install_worker_middleware()
 
         connection_created.connect(install, dispatch_uid="pubsubpull.context")
         post_migrate.connect(_install_triggers, sender=self, dispatch_uid="pubsubpull.triggers")

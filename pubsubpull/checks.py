@@ -124,3 +124,20 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 )
             )
     return errors
+
+
+@checks.register()
+def check_apps(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """E007: Procrastinate's app must be ready before pubsubpull's (worker wake-ups)."""
+    from django.apps import apps
+
+    if apps.get_app_config("pubsubpull").wakeups_installed:  # type: ignore[attr-defined]
+        return []
+    return [
+        checks.Error(
+            "pubsubpull could not add its wake-up middleware to Procrastinate's workers: "
+            "Procrastinate's app was not ready when pubsubpull's was.",
+            hint="List 'procrastinate.contrib.django' before 'pubsubpull' in INSTALLED_APPS.",
+            id="pubsubpull.E007",
+        )
+    ]

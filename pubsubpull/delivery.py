@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import requests
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 from django.utils.module_loading import import_string
@@ -224,13 +224,3 @@ def due_subscriptions() -> list[int]:
         if subscription.batch_end or pending(subscription, 1).results:
             due.append(subscription.pk)
     return due
-
-
-def changes_above_horizon() -> bool:
-    """Whether changes exist that are not visible yet (an older transaction is open)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT EXISTS (SELECT FROM pubsubpull_change"
-            " WHERE txid >= pg_snapshot_xmin(pg_current_snapshot()))"
-        )
-        return bool(cursor.fetchone()[0])

@@ -11,6 +11,7 @@ from django.db import connection
 from . import conf, registry, topics
 from .metadata import current
 from .models import Change
+from .wakeups import CHANNEL
 
 
 class InvalidEvent(ValueError):
@@ -65,5 +66,5 @@ def publish(topic: str, payload: Any) -> Change:
         context=(state.metadata or None) if state else None,
     )
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_notify('pubsubpull', '')")  # wake long polls at commit
+        cursor.execute("SELECT pg_notify(%s, '')", [CHANNEL])  # wakes waiters at commit
     return change

@@ -6,15 +6,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 from django.db import connections
 from psycopg import sql as pgsql
 
-from . import registry, topics
+from . import registry, topics, wakeups
 from .positions import Position
 from .sql import load, render
-
-CHANNEL = "pubsubpull"  # NOTIFYed by the capture triggers when a transaction wrote changes
 
 
 @dataclass(frozen=True)
@@ -106,32 +103,23 @@ def wait_for_changes(
 ) -> ChangesPage:
     """Like :func:`changes_page`, but wait up to ``wait`` seconds for a first change.
 
-    Listens for the triggers' NOTIFY on a connection of its own; since a change also
-    becomes visible when an older transaction that wrote nothing ends (no NOTIFY), it
-    looks again at least once a second.
+    Woken by this process's :mod:`~pubsubpull.wakeups` watcher (one LISTEN connection
+    shared by every long poll), which also sees changes released by an older
+    transaction that ended without writing.
     """
     page = changes_page(models, after, patterns, limit, using, events=events)
     if page.results or wait <= 0:
         return page
     deadline = time.monotonic() + wait
-    with _listener(using) as listener:
+    with wakeups.watcher(using).waiting() as watcher:
         while True:
+            seen = watcher.generation  # before reading: a move after it wakes us
             page = changes_page(models, after, patterns, limit, using, events=events)
             remaining = deadline - time.monotonic()
             if page.results or remaining <= 0:
                 return page
-            for _ in listener.notifies(timeout=min(1.0, remaining), stop_after=1):
-                pass
-
-
-def _listener(using: str) -> psycopg.Connection[Any]:
-    params = connections[using].get_connection_params()
-    params.pop("cursor_factory", None)
-    params.pop("context", None)
-    params.pop("prepare_threshold", None)
-    connection = psycopg.connect(**params, autocommit=True)
-    connection.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(CHANNEL)))
-    return connection
+            # at most a few seconds per wait: a safety net should the watcher be stuck
+            watcher.wait(seen, min(remaining, 5.0))
 
 
 def _relation(tracked: registry.Tracked) -> dict[str, str]:

@@ -1,27 +1,39 @@
 """Procrastinate jobs: the edge between the job framework and :mod:`pubsubpull.delivery`.
 
 - ``pubsubpull.dispatch`` finds subscriptions with changes waiting and queues their
-  delivery. Queued by a trigger when changes are written, and periodically (every
-  ``SWEEP_INTERVAL`` seconds, read when the worker starts) in case a wake-up came
-  before the changes were visible.
-- ``pubsubpull.deliver`` sends one batch of one subscription; one job at a time per
+  delivery. Each waiting worker's wake-up watcher (:mod:`pubsubpull.wakeups`, started by
+  :func:`start_wakeups` with the first job the worker runs) queues it whenever new
+  changes become visible, and the periodic sweep (every ``SWEEP_INTERVAL`` seconds, read
+  when the worker starts) in case a wake-up was missed. Nothing is queued from inside a
+  writer's transaction. At most one waits (queueing lock); two may run at once, harmlessly.
+- ``pubsubpull.deliver`` sends batches of one subscription; one job at a time per
   subscription (lock), at most one waiting (queueing lock).
+- ``pubsubpull.recover`` gives the jobs of dead workers back (periodic).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+import weakref
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Any
 
 from django.utils import timezone
 from procrastinate import exceptions
 from procrastinate.contrib.django import app
+from procrastinate.jobs import Status
 
-from . import conf, delivery, receivers
+from . import conf, delivery, receivers, wakeups
 
 QUEUE = "pubsubpull"
 DISPATCH = "pubsubpull.dispatch"
 JOB_SECONDS = 1.0  # how long one delivery job keeps sending batches
+STALLED_AFTER = 30.0  # seconds without a worker heartbeat (Procrastinate beats every 10 s)
+
+logger = logging.getLogger(__name__)
 
 
 def _cron(seconds: int) -> str:
@@ -62,40 +74,116 @@ def deliver(subscription_id: int) -> None:
 
 
 @app.periodic(cron=_cron(int(conf.get("SWEEP_INTERVAL"))), periodic_id="sweep")
-@app.task(name=DISPATCH, queue=QUEUE, lock=DISPATCH, queueing_lock=DISPATCH)
+@app.task(name=DISPATCH, queue=QUEUE, queueing_lock=DISPATCH)
 def dispatch(timestamp: int | None = None) -> None:
     """Queue the delivery of every subscription with visible changes waiting."""
     receivers.sync()
     for subscription_id in delivery.due_subscriptions():
         defer_delivery(subscription_id)
-    if delivery.changes_above_horizon():
-        # An older transaction hides newer changes: look again shortly.
+
+
+async def wake() -> None:
+    """Queue a dispatch unless one is waiting already."""
+    try:
+        await dispatch.defer_async()
+    except exceptions.AlreadyEnqueued:
+        pass  # the waiting dispatch will see the new changes too
+
+
+class _Waker:
+    """Queues dispatches on a worker's event loop when the watcher thread says so; a
+    wake-up that comes while one is being queued queues one more after it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.busy = False
+        self.again = False
+
+    def poke(self) -> None:  # in the watcher thread
         try:
-            dispatch.configure(schedule_in={"seconds": 1}).defer()
-        except exceptions.AlreadyEnqueued:
-            pass
+            self.loop.call_soon_threadsafe(self._poke)
+        except RuntimeError:
+            pass  # the worker's loop has closed: the process is ending
+
+    def _poke(self) -> None:
+        if self.busy:
+            self.again = True
+            return
+        self.busy = True
+        self.loop.create_task(self._wake())
+
+    async def _wake(self) -> None:
+        try:
+            while True:
+                self.again = False
+                try:
+                    await wake()
+                except Exception as error:  # noqa: BLE001 - the sweep catches up; keep waking
+                    logger.warning("pubsubpull could not queue a dispatch: %s", error)
+                if not self.again:
+                    break
+        finally:
+            self.busy = False
 
 
-STALLED_AFTER = 60.0  # seconds without a worker heartbeat (twice Procrastinate's timeout)
+_watched_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+async def start_wakeups(call_next: Callable[[], Awaitable[Any]], context: Any, worker: Any) -> Any:
+    """Procrastinate worker middleware: the first job a waiting worker of the pubsubpull
+    queue runs starts its wake-up watcher (added to the app's ``worker_defaults`` when
+    Django is ready). One-shot workers (``--one-shot``) never start one."""
+    loop = asyncio.get_running_loop()
+    serves_queue = worker.queues is None or QUEUE in worker.queues
+    if worker.wait and serves_queue and loop not in _watched_loops:
+        _watched_loops.add(loop)
+        wakeups.watcher().subscribe(_Waker(loop).poke)
+    return await call_next()
+
+
+def install_worker_middleware() -> bool:
+    """Add :func:`start_wakeups` to Procrastinate's worker defaults; False when the
+    Procrastinate app is not ready yet (listed after pubsubpull in INSTALLED_APPS)."""
+    from procrastinate.contrib.django import procrastinate_app
+
+    current = procrastinate_app.current_app
+    if isinstance(current, procrastinate_app.FutureApp):
+        return False
+    defaults = current.worker_defaults
+    middleware = list(defaults.get("worker_middleware") or [])
+    if start_wakeups not in middleware:
+        defaults["worker_middleware"] = [*middleware, start_wakeups]
+    return True
 
 
 async def recover_stalled(seconds_since_heartbeat: float = STALLED_AFTER) -> int:
-    """Retry delivery jobs whose worker died (killed mid-delivery); returns how many.
+    """Give back the jobs of dead workers (killed mid-job); returns how many.
 
-    A dead worker's job keeps its subscription's lock; retrying it resends the batch
-    in flight (same ``webhook-id``), so receivers see at most that batch twice.
+    A dead worker's delivery job keeps its subscription's lock. It is retried, which
+    resends the batch in flight (same ``webhook-id``), so receivers see at most that
+    batch twice; if a job with the same queueing lock waits already (it will continue
+    the batch in flight), the dead one is marked aborted instead, releasing the lock.
+    Each job on its own: one that cannot be recovered does not hold back the others.
     """
     manager = app.job_manager
     jobs = list(
         await manager.get_stalled_jobs(queue=QUEUE, seconds_since_heartbeat=seconds_since_heartbeat)
     )
+    recovered = 0
     for job in jobs:
-        await manager.retry_job(job)
-    return len(jobs)
+        try:
+            try:
+                await manager.retry_job(job)
+            except exceptions.UniqueViolation:
+                await manager.finish_job(job, status=Status.ABORTED, delete_job=False)
+            recovered += 1
+        except Exception:  # noqa: BLE001 - logged; the next run tries again
+            logger.exception("pubsubpull could not recover stalled job %s", job.id)
+    return recovered
 
 
-@app.periodic(cron="* * * * *", periodic_id="recover")
+@app.periodic(cron="* * * * * */15", periodic_id="recover")
 @app.task(name="pubsubpull.recover", queue=QUEUE, queueing_lock="pubsubpull.recover")
 async def recover(timestamp: int | None = None) -> None:
-    """Periodically retry the jobs of dead workers."""
+    """Periodically give back the jobs of dead workers."""
     await recover_stalled()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.urls import reverse
@@ -21,6 +22,9 @@ from . import conf, pull, registry, subscriptions, topics
 from .auth import AuthenticationFailed, authenticate
 from .models import Subscription
 from .positions import START, InvalidPosition, Position
+
+logger = logging.getLogger(__name__)
+RETRY_AFTER = 5  # seconds a caller is asked to wait while the database is away
 
 
 class ApiError(Exception):
@@ -91,6 +95,15 @@ def api(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
             return ApiError(401, "not_authenticated", str(error)).response()
         except ApiError as error:
             return error.response()
+        except (OperationalError, InterfaceError) as error:
+            # The database is away (restarting, connection terminated): the caller can
+            # retry; Django drops the broken connection at the end of the request.
+            logger.warning("pubsubpull answered 503, database unavailable: %s", error)
+            response = ApiError(
+                503, "database_unavailable", "the database is unavailable; retry shortly"
+            ).response()
+            response["Retry-After"] = str(RETRY_AFTER)
+            return response
 
     return wrapper
 

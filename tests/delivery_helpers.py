@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.management import call_command
+from procrastinate.exceptions import AlreadyEnqueued
 from werkzeug import Request, Response
+
+from pubsubpull import tasks
 
 
 @dataclass
@@ -51,11 +54,21 @@ class Receiver:
             return [c for r in self.requests for c in r.changes]
 
 
+def wake() -> None:
+    """Queue a dispatch, as a waiting worker's wake-up watcher does on each commit
+    (one-shot workers have no watcher)."""
+    try:
+        tasks.dispatch.defer()
+    except AlreadyEnqueued:
+        pass
+
+
 def drain(until: Callable[[], bool], timeout: float = 30.0) -> None:
     """Run one-shot Procrastinate workers until ``until()`` holds (or fail after timeout)."""
     deadline = time.monotonic() + timeout
     while not until():
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting for delivery")
+        wake()
         call_command("procrastinate", "worker", "--one-shot", "--queues", "pubsubpull")
         time.sleep(0.02)

@@ -25,7 +25,7 @@ from pubsubpull.events import InvalidEvent
 from pubsubpull.models import Delivery, Subscription
 from pubsubpull.webhooks import generate_secret
 from test_project.shop.models import Customer, Order
-from tests.delivery_helpers import Receiver, drain
+from tests.delivery_helpers import Receiver, drain, wake
 from tests.helpers import subprocess_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -216,6 +216,7 @@ def test_worker_killed_mid_delivery_loses_nothing(api: Client, httpserver: HTTPS
         [sys.executable, "manage.py", "procrastinate", "worker", "--queues", "pubsubpull"],
         cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    wake()
     try:
         deadline = time.monotonic() + 30
         while not receiver.requests:
@@ -237,23 +238,48 @@ def test_worker_killed_mid_delivery_loses_nothing(api: Client, httpserver: HTTPS
     assert delivered == ["k0", "k1", "k2", "k3", "k4"]  # in order after the resend
 
 
-def test_committed_change_queues_a_wake_up_only_when_someone_subscribes(
-    api: Client, httpserver: HTTPServer
-) -> None:
-    def waiting() -> int:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT count(*) FROM procrastinate_jobs"
-                " WHERE task_name = 'pubsubpull.dispatch' AND status = 'todo'"
-            )
-            return int(cursor.fetchone()[0])
-
-    Customer.objects.create(name="nobody listens")
-    assert waiting() == 0
+def test_writes_queue_no_jobs(api: Client, httpserver: HTTPServer) -> None:
+    """Nothing inserts job rows from a writer's transaction: wake-ups reach workers by
+    NOTIFY at commit (a queued row made concurrent writers wait on each other)."""
     put(api, "w", {"target": hook(httpserver, Receiver())}, status=201)
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM procrastinate_jobs")
     Customer.objects.create(name="a")
-    Customer.objects.create(name="b")
-    assert waiting() == 1  # one wake-up, not one per write
+    with transaction.atomic():
+        Customer.objects.create(name="b")
+        Order.objects.create(customer=Customer.objects.create(name="c"), total=Decimal(1))
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM procrastinate_jobs")
+        assert cursor.fetchone()[0] == 0
+
+
+def test_a_waiting_worker_is_woken_by_commits(api: Client, httpserver: HTTPServer) -> None:
+    receiver = Receiver()
+    put(api, "live", {"target": hook(httpserver, receiver)}, status=201)
+    worker = subprocess.Popen(
+        [sys.executable, "manage.py", "procrastinate", "worker", "--queues", "pubsubpull"],
+        cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wake()  # its first job starts the worker's watcher
+        Customer.objects.create(name="first")
+        wait_for(lambda: names(receiver.changes()) == ["first"], worker)
+        with connection.cursor() as cursor:  # no job waits: the next must come by NOTIFY
+            cursor.execute("DELETE FROM procrastinate_jobs WHERE status = 'todo'")
+        for name in ("second", "third"):
+            Customer.objects.create(name=name)
+        wait_for(lambda: names(receiver.changes()) == ["first", "second", "third"], worker)
+    finally:
+        worker.terminate()
+        assert worker.wait(timeout=30) == 0
+
+
+def wait_for(condition: Any, worker: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert worker.poll() is None, "the worker exited"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def test_sweep_delivers_when_the_wake_up_was_lost(api: Client, httpserver: HTTPServer) -> None:
