@@ -125,13 +125,14 @@ class Watcher:
                     self._fire()  # anything may have happened while not listening
                     if self._watch(connection):
                         return
-            except psycopg.Error as error:
+            except Exception as error:  # noqa: BLE001 - mostly the database going away;
+                # whatever it is, waking must go on: log, wake the waiters, reconnect
                 self.connected.clear()
                 logger.warning(
                     "pubsubpull wake-ups lost their database connection (%s); retrying in %.1f s",
                     error, pause, extra={"error": str(error)},
                 )  # fmt: skip
-                self._fire()  # waiters look again (and see the error themselves)
+                self._fire()  # waiters look again (and meet the error themselves)
                 if self._unused():
                     return
                 time.sleep(pause)

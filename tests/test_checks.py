@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from django.conf import settings
 from django.core import checks
@@ -81,3 +84,34 @@ def test_no_missing_migrations() -> None:
     from django.core.management import call_command
 
     call_command("makemigrations", "pubsubpull", "--check", "--dry-run", stdout=StringIO())
+
+
+def test_workers_get_the_wake_up_middleware() -> None:
+    from procrastinate.contrib.django import app
+
+    from pubsubpull import tasks
+
+    assert app.worker_defaults["worker_middleware"].count(tasks.start_wakeups) == 1
+    assert tasks.install_worker_middleware()  # idempotent
+    assert app.worker_defaults["worker_middleware"].count(tasks.start_wakeups) == 1
+
+
+def test_e007_procrastinate_listed_after_pubsubpull() -> None:
+    script = """
+import django
+from django.conf import settings
+settings.configure(
+    INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth",
+                    "pubsubpull", "procrastinate.contrib.django"],
+    DATABASES={"default": {"ENGINE": "django.db.backends.postgresql", "NAME": "x"}},
+)
+django.setup()
+from django.core.management import call_command
+call_command("check")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert "pubsubpull.E007" in result.stderr
+    assert "before 'pubsubpull' in INSTALLED_APPS" in result.stderr
