@@ -88,7 +88,8 @@ def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[checks.Chec
 
 @checks.register()
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """E005 unusable ALLOWED_TARGETS entry, E006 event label that is a tracked model."""
+    """E005 unusable ALLOWED_TARGETS entry, E006 event label that is a tracked model,
+    E008 unusable POLL_INTERVAL."""
     from . import conf, events, targets
 
     errors: list[checks.CheckMessage] = []
@@ -113,6 +114,17 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                     id="pubsubpull.E005",
                 )
             )
+    interval = conf.get("POLL_INTERVAL")
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0 < interval <= 5:
+        errors.append(
+            checks.Error(
+                f"PUBSUBPULL['POLL_INTERVAL'] must be a number of seconds above 0 and at most "
+                f"5, not {interval!r}.",
+                hint="It is how often each waiting process looks for new changes; the default "
+                "0.02 keeps wake-ups within tens of milliseconds.",
+                id="pubsubpull.E008",
+            )
+        )
     for label in events.labels():
         if label in registry.labels():
             errors.append(

@@ -19,6 +19,8 @@ DEFAULTS: dict[str, Any] = {
     "DELIVERY_TIMEOUT": 10.0,
     "MAX_WAIT": 30,
     "SWEEP_INTERVAL": 60,
+    # seconds between two looks at the log's tail by each waiting process (wake-ups)
+    "POLL_INTERVAL": 0.02,
     "PAGE_SIZE": 100,
     "MAX_PAGE_SIZE": 1000,
 }

@@ -11,7 +11,6 @@ from django.db import connection
 from . import conf, registry, topics
 from .metadata import current
 from .models import Change
-from .wakeups import CHANNEL
 
 
 class InvalidEvent(ValueError):
@@ -65,6 +64,4 @@ def publish(topic: str, payload: Any) -> Change:
         request_id=request_id,
         context=(state.metadata or None) if state else None,
     )
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_notify(%s, '')", [CHANNEL])  # wakes waiters at commit
     return change

@@ -115,3 +115,15 @@ call_command("check")
     assert result.returncode != 0
     assert "pubsubpull.E007" in result.stderr
     assert "before 'pubsubpull' in INSTALLED_APPS" in result.stderr
+
+
+@pytest.mark.parametrize("value", [0, -1, 6, "0.1", None, True])
+def test_e008_unusable_poll_interval(value: object) -> None:
+    with override_settings(PUBSUBPULL={"POLL_INTERVAL": value}):
+        (error,) = check_settings()
+    assert error.id == "pubsubpull.E008" and repr(value) in error.msg and error.hint
+
+
+def test_poll_interval_accepts_seconds() -> None:
+    with override_settings(PUBSUBPULL={"POLL_INTERVAL": 0.5}):
+        assert check_settings() == []

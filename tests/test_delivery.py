@@ -239,8 +239,8 @@ def test_worker_killed_mid_delivery_loses_nothing(api: Client, httpserver: HTTPS
 
 
 def test_writes_queue_no_jobs(api: Client, httpserver: HTTPServer) -> None:
-    """Nothing inserts job rows from a writer's transaction: wake-ups reach workers by
-    NOTIFY at commit (a queued row made concurrent writers wait on each other)."""
+    """Nothing inserts job rows from a writer's transaction (a queued row made concurrent
+    writers wait on each other): workers watch the log's tail instead."""
     put(api, "w", {"target": hook(httpserver, Receiver())}, status=201)
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM procrastinate_jobs")
@@ -264,7 +264,7 @@ def test_a_waiting_worker_is_woken_by_commits(api: Client, httpserver: HTTPServe
         wake()  # its first job starts the worker's watcher
         Customer.objects.create(name="first")
         wait_for(lambda: names(receiver.changes()) == ["first"], worker)
-        with connection.cursor() as cursor:  # no job waits: the next must come by NOTIFY
+        with connection.cursor() as cursor:  # no job waits: the worker's watcher must wake
             cursor.execute("DELETE FROM procrastinate_jobs WHERE status = 'todo'")
         for name in ("second", "third"):
             Customer.objects.create(name=name)

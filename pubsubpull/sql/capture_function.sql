@@ -47,12 +47,11 @@ BEGIN
         VALUES ({{label}} || '.truncate', {{label}}, {{table}}, 'truncate', _request, _context);
     END IF;
     GET DIAGNOSTICS _count = ROW_COUNT;
-    IF _count > 0 THEN
-        -- Wakes long polls and deliveries at commit (one notification per transaction).
-        PERFORM pg_notify('pubsubpull', '');
-        IF _meta IS NOT NULL THEN
-            PERFORM pubsubpull_save_request(_meta);
-        END IF;
+    -- No NOTIFY here: a transaction that notifies takes a database-wide lock at commit,
+    -- which serialised concurrent writers' commits (8 writers: 3x fewer commits/s).
+    -- Waiters look at the log's tail instead (pubsubpull.wakeups).
+    IF _count > 0 AND _meta IS NOT NULL THEN
+        PERFORM pubsubpull_save_request(_meta);
     END IF;
     RETURN NULL;
 END
