@@ -57,7 +57,7 @@ class Watcher:
         self._left = 0.0  # when the number of waiters last fell to zero (monotonic)
         self._callbacks: list[Callable[[], None]] = []
         self._thread: threading.Thread | None = None
-        self.connected = threading.Event()
+        self.connected = threading.Event()  # set once connected and looked
 
     @property
     def generation(self) -> int:
@@ -121,7 +121,6 @@ class Watcher:
         while True:
             try:
                 with psycopg.connect(**self._params, autocommit=True) as connection:
-                    self.connected.set()
                     pause = RECONNECT_MIN
                     self._fire()  # anything may have happened while not watching
                     if self._watch(connection):
@@ -151,6 +150,7 @@ class Watcher:
             if tail != last:
                 last = tail
                 self._fire()
+            self.connected.set()  # has looked at least once
             if self._unused():
                 return True
             time.sleep(self._interval)
