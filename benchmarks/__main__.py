@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-MODULES = ("capture", "delivery", "pull", "memory")
+MODULES = ("capture", "writers", "delivery", "pull", "memory")
 DATABASE = "pubsubpull_bench"
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,7 +30,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="python -m benchmarks", description=__doc__.split("\n\n")[0] if __doc__ else None
     )
     parser.add_argument(
-        "--quick", action="store_true", help="smaller sizes and 3 repetitions (under 3 minutes)"
+        "--quick", action="store_true", help="smaller sizes and 3 repetitions (a few minutes)"
     )
     parser.add_argument(
         "--dry-run",

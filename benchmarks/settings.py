@@ -1,13 +1,17 @@
 """Settings of the benchmarks: the test project plus the peers and the benchmark models.
 
 ``python -m benchmarks`` points ``DATABASE_URL`` at its own fresh database before Django
-reads these settings.
+reads these settings. A worker started by a benchmark may get ``PUBSUBPULL`` keys of its own
+(e.g. a short ``DELIVERY_TIMEOUT``) as JSON in ``PUBSUBPULL_BENCH_SETTINGS``.
 """
 
 from __future__ import annotations
 
+import json
+import os
+
 from test_project.settings import *  # noqa: F403
-from test_project.settings import INSTALLED_APPS
+from test_project.settings import INSTALLED_APPS, PUBSUBPULL
 
 INSTALLED_APPS = [
     *INSTALLED_APPS,
@@ -18,3 +22,4 @@ INSTALLED_APPS = [
 ]
 ROOT_URLCONF = "benchmarks.urls"
 DEBUG = False  # no query log: it would be measured too
+PUBSUBPULL = {**PUBSUBPULL, **json.loads(os.environ.get("PUBSUBPULL_BENCH_SETTINGS") or "{}")}
