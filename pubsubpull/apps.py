@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from django.apps import AppConfig
@@ -21,6 +22,8 @@ class PubSubPullConfig(AppConfig):
         from .metadata import install
 
         self.wakeups_installed = tasks.install_worker_middleware()
+        if self.wakeups_installed and tasks.is_worker_command(sys.argv):
+            tasks.start_watching()  # no DB query here: the watcher's thread connects
 
         connection_created.connect(install, dispatch_uid="pubsubpull.context")
         post_migrate.connect(_install_triggers, sender=self, dispatch_uid="pubsubpull.triggers")

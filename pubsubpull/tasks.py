@@ -1,11 +1,12 @@
 """Procrastinate jobs: the edge between the job framework and :mod:`pubsubpull.delivery`.
 
 - ``pubsubpull.dispatch`` finds subscriptions with changes waiting and queues their
-  delivery. Each waiting worker's wake-up watcher (:mod:`pubsubpull.wakeups`, started by
-  :func:`start_wakeups` with the first job the worker runs) queues it whenever new
-  changes become visible, and the periodic sweep (every ``SWEEP_INTERVAL`` seconds, read
-  when the worker starts) in case a wake-up was missed. Nothing is queued from inside a
-  writer's transaction. At most one waits (queueing lock); two may run at once, harmlessly.
+  delivery. Each worker process's wake-up watcher (:mod:`pubsubpull.wakeups`, started
+  when Django is ready in ``manage.py procrastinate worker``, else with the worker's first
+  job) queues it whenever new changes become visible; the periodic sweep (every
+  ``SWEEP_INTERVAL`` seconds, read when the worker starts) in case a wake-up was missed.
+  Nothing is queued from inside a writer's transaction. At most one waits (queueing
+  lock); two may run at once, harmlessly.
 - ``pubsubpull.deliver`` sends batches of one subscription; one job at a time per
   subscription (lock), at most one waiting (queueing lock).
 - ``pubsubpull.recover`` gives the jobs of dead workers back (periodic).
@@ -13,14 +14,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import os
+import threading
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
+import procrastinate
+import psycopg
 from django.utils import timezone
 from procrastinate import exceptions
 from procrastinate.contrib.django import app
@@ -82,62 +85,48 @@ def dispatch(timestamp: int | None = None) -> None:
         defer_delivery(subscription_id)
 
 
-async def wake() -> None:
-    """Queue a dispatch unless one is waiting already."""
+_queueing_app: procrastinate.App | None = None
+
+
+def _queue_dispatch(connection: psycopg.Connection[Any]) -> None:
+    """Queue a dispatch on the watcher's own connection (in its thread, between looks)
+    unless one is waiting already."""
+    global _queueing_app
+    if _queueing_app is None:  # only ever used with the connection given below
+        _queueing_app = procrastinate.App(connector=procrastinate.SyncPsycopgConnector())
     try:
-        await dispatch.defer_async()
+        _queueing_app.configure_task(
+            DISPATCH, queue=QUEUE, queueing_lock=DISPATCH, connection=connection
+        ).defer()
     except exceptions.AlreadyEnqueued:
         pass  # the waiting dispatch will see the new changes too
 
 
-class _Waker:
-    """Queues dispatches on a worker's event loop when the watcher thread says so; a
-    wake-up that comes while one is being queued queues one more after it."""
+_watching = threading.Lock()
+_watching_pids: set[int] = set()
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.busy = False
-        self.again = False
 
-    def poke(self) -> None:  # in the watcher thread
-        try:
-            self.loop.call_soon_threadsafe(self._poke)
-        except RuntimeError:
-            pass  # the worker's loop has closed: the process is ending
-
-    def _poke(self) -> None:
-        if self.busy:
-            self.again = True
+def start_watching() -> None:
+    """Queue a dispatch whenever new changes become visible, for as long as this
+    process lives (one watcher per process: :mod:`pubsubpull.wakeups`)."""
+    with _watching:
+        if os.getpid() in _watching_pids:
             return
-        self.busy = True
-        self.loop.create_task(self._wake())
-
-    async def _wake(self) -> None:
-        try:
-            while True:
-                self.again = False
-                try:
-                    await wake()
-                except Exception as error:  # noqa: BLE001 - the sweep catches up; keep waking
-                    logger.warning("pubsubpull could not queue a dispatch: %s", error)
-                if not self.again:
-                    break
-        finally:
-            self.busy = False
+        _watching_pids.add(os.getpid())
+    wakeups.watcher().subscribe(_queue_dispatch)
 
 
-_watched_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+def is_worker_command(argv: list[str]) -> bool:
+    """Whether this process is ``manage.py procrastinate worker`` (not ``--one-shot``)."""
+    return argv[1:2] == ["procrastinate"] and "worker" in argv[2:] and "--one-shot" not in argv
 
 
 async def start_wakeups(call_next: Callable[[], Awaitable[Any]], context: Any, worker: Any) -> Any:
-    """Procrastinate worker middleware: the first job a waiting worker of the pubsubpull
-    queue runs starts its wake-up watcher (added to the app's ``worker_defaults`` when
-    Django is ready). One-shot workers (``--one-shot``) never start one."""
-    loop = asyncio.get_running_loop()
-    serves_queue = worker.queues is None or QUEUE in worker.queues
-    if worker.wait and serves_queue and loop not in _watched_loops:
-        _watched_loops.add(loop)
-        wakeups.watcher().subscribe(_Waker(loop).poke)
+    """Procrastinate worker middleware: a waiting worker of the pubsubpull queue that was
+    not started by ``manage.py procrastinate worker`` (whose process starts watching when
+    Django is ready) starts watching with the first job it runs."""
+    if worker.wait and (worker.queues is None or QUEUE in worker.queues):
+        start_watching()
     return await call_next()
 
 

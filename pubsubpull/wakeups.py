@@ -55,7 +55,7 @@ class Watcher:
         self._generation = 0
         self._users = 0
         self._left = 0.0  # when the number of waiters last fell to zero (monotonic)
-        self._callbacks: list[Callable[[], None]] = []
+        self._callbacks: list[Callable[[psycopg.Connection[Any]], None]] = []
         self._thread: threading.Thread | None = None
         self.connected = threading.Event()  # set once connected and looked
 
@@ -85,9 +85,10 @@ class Watcher:
             self._condition.wait_for(lambda: self._generation != seen, timeout)
             return self._generation
 
-    def subscribe(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` (in the watcher thread) each time the tail moves, for as
-        long as the process lives. The callback must be quick and never raise."""
+    def subscribe(self, callback: Callable[[psycopg.Connection[Any]], None]) -> None:
+        """Call ``callback(connection)`` in the watcher thread, with its connection (an
+        autocommit one), each time the tail moves, for as long as the process lives.
+        The callback should be quick; what it raises is logged."""
         with self._condition:
             self._callbacks.append(callback)
             self._users += 1
@@ -100,13 +101,17 @@ class Watcher:
             )
             self._thread.start()
 
-    def _fire(self) -> None:
+    def _fire(self, connection: psycopg.Connection[Any] | None = None) -> None:
+        """Wake the waiters; and the callbacks when the tail moved (``connection``)."""
         with self._condition:
             self._generation += 1
             self._condition.notify_all()
-            callbacks = list(self._callbacks)
+            callbacks = list(self._callbacks) if connection is not None else []
         for callback in callbacks:
-            callback()
+            try:
+                callback(connection)  # type: ignore[arg-type]
+            except Exception as error:  # noqa: BLE001 - the sweep is the safety net
+                logger.warning("pubsubpull wake-up callback %r failed: %s", callback, error)
 
     def _unused(self) -> bool:
         """True (and the thread forgotten) when nobody has waited for ``LINGER`` seconds."""
@@ -122,7 +127,6 @@ class Watcher:
             try:
                 with psycopg.connect(**self._params, autocommit=True) as connection:
                     pause = RECONNECT_MIN
-                    self._fire()  # anything may have happened while not watching
                     if self._watch(connection):
                         return
             except Exception as error:  # noqa: BLE001 - mostly the database going away;
@@ -144,12 +148,13 @@ class Watcher:
         """Fire on each move of the visible tail; returns True once nobody waits."""
         query = load("log_tail")
         last: str | None = None
+        first = True
         while True:
             row = connection.execute(query).fetchone()
             tail = row[0] if row else None  # None: nothing visible yet
-            if tail != last:
-                last = tail
-                self._fire()
+            if tail != last or first:  # first: anything may have happened unwatched
+                last, first = tail, False
+                self._fire(connection)
             self.connected.set()  # has looked at least once
             if self._unused():
                 return True

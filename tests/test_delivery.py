@@ -260,8 +260,7 @@ def test_a_waiting_worker_is_woken_by_commits(api: Client, httpserver: HTTPServe
         [sys.executable, "manage.py", "procrastinate", "worker", "--queues", "pubsubpull"],
         cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    try:
-        wake()  # its first job starts the worker's watcher
+    try:  # no job queued: the worker's process watches the log from its start
         Customer.objects.create(name="first")
         wait_for(lambda: names(receiver.changes()) == ["first"], worker)
         with connection.cursor() as cursor:  # no job waits: the worker's watcher must wake
@@ -272,6 +271,21 @@ def test_a_waiting_worker_is_woken_by_commits(api: Client, httpserver: HTTPServe
     finally:
         worker.terminate()
         assert worker.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["manage.py", "procrastinate", "worker"], True),
+        (["manage.py", "procrastinate", "--verbose", "worker", "--concurrency", "4"], True),
+        (["manage.py", "procrastinate", "worker", "--one-shot"], False),
+        (["manage.py", "procrastinate", "defer", "x"], False),
+        (["manage.py", "runserver"], False),
+        (["pytest"], False),
+    ],
+)
+def test_worker_processes_are_recognised(argv: list[str], expected: bool) -> None:
+    assert tasks.is_worker_command(argv) is expected
 
 
 def wait_for(condition: Any, worker: subprocess.Popen[bytes], timeout: float = 30) -> None:
