@@ -18,12 +18,12 @@ class PubSubPullConfig(AppConfig):
     wakeups_installed = False
 
     def ready(self) -> None:
-        from . import checks, registry, tasks  # noqa: F401 - checks register themselves
+        from . import checks, registry, worker  # noqa: F401 - checks register themselves
         from .metadata import install
 
-        self.wakeups_installed = tasks.install_worker_middleware()
-        if self.wakeups_installed and tasks.is_worker_command(sys.argv):
-            tasks.start_watching()  # no DB query here: the watcher's thread connects
+        self.wakeups_installed = worker.install_worker_middleware()
+        if self.wakeups_installed and worker.is_worker_command(sys.argv):
+            worker.start_watching()  # no DB query here: the watcher's thread connects
 
         connection_created.connect(install, dispatch_uid="pubsubpull.context")
         post_migrate.connect(_install_triggers, sender=self, dispatch_uid="pubsubpull.triggers")

@@ -1,9 +1,8 @@
 """Procrastinate jobs: the edge between the job framework and :mod:`pubsubpull.delivery`.
 
 - ``pubsubpull.dispatch`` finds subscriptions with changes waiting and queues their
-  delivery. Each worker process's wake-up watcher (:mod:`pubsubpull.wakeups`, started
-  when Django is ready in ``manage.py procrastinate worker``, else with the worker's first
-  job) queues it whenever new changes become visible; the periodic sweep (every
+  delivery. Each worker process's wake-up watcher (:mod:`pubsubpull.worker`) queues it
+  whenever new changes become visible; the periodic sweep (every
   ``SWEEP_INTERVAL`` seconds, read when the worker starts) in case a wake-up was missed.
   Nothing is queued from inside a writer's transaction. At most one waits (queueing
   lock); two may run at once, harmlessly.
@@ -15,25 +14,21 @@
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
-from collections.abc import Awaitable, Callable
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
 
-import procrastinate
-import psycopg
+from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 from procrastinate import exceptions
 from procrastinate.contrib.django import app
 from procrastinate.jobs import Status
 
-from . import conf, delivery, receivers, wakeups
+from . import conf, delivery, receivers
 
 QUEUE = "pubsubpull"
 DISPATCH = "pubsubpull.dispatch"
 JOB_SECONDS = 1.0  # how long one delivery job keeps sending batches
+DATABASE_RETRY = timedelta(seconds=1)  # a delivery interrupted by a database error
 STALLED_AFTER = 30.0  # seconds without a worker heartbeat (Procrastinate beats every 10 s)
 
 logger = logging.getLogger(__name__)
@@ -68,81 +63,43 @@ def deliver(subscription_id: int) -> None:
     # finish, defer, and a database connection unless CONN_MAX_AGE keeps it) is paid once
     # per second, not per batch. The lock stays held: still one batch in flight.
     deadline = time.monotonic() + JOB_SECONDS
-    while True:
-        again = delivery.deliver(subscription_id)
-        if again is None or again > timezone.now() or time.monotonic() > deadline:
-            break
+    try:
+        while True:
+            again = delivery.deliver(subscription_id)
+            if again is None or again > timezone.now() or time.monotonic() > deadline:
+                break
+    except (OperationalError, InterfaceError) as error:
+        # The database went away mid-job (restart, terminated connection). Nothing is
+        # lost: the batch in flight stays on the subscription and is resent with the
+        # same webhook-id. Queue the job again rather than end it failed.
+        logger.warning(
+            "pubsubpull delivery of subscription %s met a database error, retrying: %s",
+            subscription_id, error, extra={"subscription": subscription_id},
+        )  # fmt: skip
+        again = timezone.now() + DATABASE_RETRY
     if again is not None:
-        defer_delivery(subscription_id, again)
+        _defer_or_leave_to_sweep(subscription_id, again)
+
+
+def _defer_or_leave_to_sweep(subscription_id: int, at: datetime) -> None:
+    try:
+        defer_delivery(subscription_id, at)
+    except Exception as error:  # noqa: BLE001 - the database is still away: the watcher
+        # queues a dispatch when it reconnects, and the sweep is the safety net
+        logger.warning("pubsubpull could not queue delivery of %s: %s", subscription_id, error)
 
 
 @app.periodic(cron=_cron(int(conf.get("SWEEP_INTERVAL"))), periodic_id="sweep")
 @app.task(name=DISPATCH, queue=QUEUE, queueing_lock=DISPATCH)
 def dispatch(timestamp: int | None = None) -> None:
     """Queue the delivery of every subscription with visible changes waiting."""
-    receivers.sync()
-    for subscription_id in delivery.due_subscriptions():
-        defer_delivery(subscription_id)
-
-
-_queueing_app: procrastinate.App | None = None
-
-
-def _queue_dispatch(connection: psycopg.Connection[Any]) -> None:
-    """Queue a dispatch on the watcher's own connection (in its thread, between looks)
-    unless one is waiting already."""
-    global _queueing_app
-    if _queueing_app is None:  # only ever used with the connection given below
-        _queueing_app = procrastinate.App(connector=procrastinate.SyncPsycopgConnector())
     try:
-        _queueing_app.configure_task(
-            DISPATCH, queue=QUEUE, queueing_lock=DISPATCH, connection=connection
-        ).defer()
-    except exceptions.AlreadyEnqueued:
-        pass  # the waiting dispatch will see the new changes too
-
-
-_watching = threading.Lock()
-_watching_pids: set[int] = set()
-
-
-def start_watching() -> None:
-    """Queue a dispatch whenever new changes become visible, for as long as this
-    process lives (one watcher per process: :mod:`pubsubpull.wakeups`)."""
-    with _watching:
-        if os.getpid() in _watching_pids:
-            return
-        _watching_pids.add(os.getpid())
-    wakeups.watcher().subscribe(_queue_dispatch)
-
-
-def is_worker_command(argv: list[str]) -> bool:
-    """Whether this process is ``manage.py procrastinate worker`` (not ``--one-shot``)."""
-    return argv[1:2] == ["procrastinate"] and "worker" in argv[2:] and "--one-shot" not in argv
-
-
-async def start_wakeups(call_next: Callable[[], Awaitable[Any]], context: Any, worker: Any) -> Any:
-    """Procrastinate worker middleware: a waiting worker of the pubsubpull queue that was
-    not started by ``manage.py procrastinate worker`` (whose process starts watching when
-    Django is ready) starts watching with the first job it runs."""
-    if worker.wait and (worker.queues is None or QUEUE in worker.queues):
-        start_watching()
-    return await call_next()
-
-
-def install_worker_middleware() -> bool:
-    """Add :func:`start_wakeups` to Procrastinate's worker defaults; False when the
-    Procrastinate app is not ready yet (listed after pubsubpull in INSTALLED_APPS)."""
-    from procrastinate.contrib.django import procrastinate_app
-
-    current = procrastinate_app.current_app
-    if isinstance(current, procrastinate_app.FutureApp):
-        return False
-    defaults = current.worker_defaults
-    middleware = list(defaults.get("worker_middleware") or [])
-    if start_wakeups not in middleware:
-        defaults["worker_middleware"] = [*middleware, start_wakeups]
-    return True
+        receivers.sync()
+        for subscription_id in delivery.due_subscriptions():
+            defer_delivery(subscription_id)
+    except (OperationalError, InterfaceError) as error:
+        # The database went away: the watcher queues a dispatch when it reconnects.
+        logger.warning("pubsubpull dispatch met a database error: %s", error)
 
 
 async def recover_stalled(seconds_since_heartbeat: float = STALLED_AFTER) -> int:

@@ -89,11 +89,11 @@ def test_no_missing_migrations() -> None:
 def test_workers_get_the_wake_up_middleware() -> None:
     from procrastinate.contrib.django import app
 
-    from pubsubpull import tasks
+    from pubsubpull import worker
 
-    assert app.worker_defaults["worker_middleware"].count(tasks.start_wakeups) == 1
-    assert tasks.install_worker_middleware()  # idempotent
-    assert app.worker_defaults["worker_middleware"].count(tasks.start_wakeups) == 1
+    assert app.worker_defaults["worker_middleware"].count(worker.start_wakeups) == 1
+    assert worker.install_worker_middleware()  # idempotent
+    assert app.worker_defaults["worker_middleware"].count(worker.start_wakeups) == 1
 
 
 def test_e007_procrastinate_listed_after_pubsubpull() -> None:

@@ -21,6 +21,7 @@ from pytest_httpserver import HTTPServer
 
 import pubsubpull
 from pubsubpull import receivers, tasks
+from pubsubpull import worker as worker_process
 from pubsubpull.events import InvalidEvent
 from pubsubpull.models import Delivery, Subscription
 from pubsubpull.webhooks import generate_secret
@@ -285,7 +286,7 @@ def test_a_waiting_worker_is_woken_by_commits(api: Client, httpserver: HTTPServe
     ],
 )
 def test_worker_processes_are_recognised(argv: list[str], expected: bool) -> None:
-    assert tasks.is_worker_command(argv) is expected
+    assert worker_process.is_worker_command(argv) is expected
 
 
 def wait_for(condition: Any, worker: subprocess.Popen[bytes], timeout: float = 30) -> None:

@@ -1,0 +1,123 @@
+"""What pubsubpull adds to a Procrastinate worker process.
+
+- A wake-up watcher (:mod:`pubsubpull.wakeups`) that queues ``pubsubpull.dispatch``
+  whenever new changes become visible. ``manage.py procrastinate worker`` starts it as
+  soon as Django is ready; a worker launched another way, with the first job it runs
+  (:func:`start_wakeups`, a Procrastinate worker middleware added to the app's
+  ``worker_defaults``).
+- An honest exit status: Procrastinate 3.10 stops a worker whose database went away (a
+  side task failed) and exits with status 0 when the database is back within about
+  30 s; a supervisor that restarts only failed processes would leave it stopped. Such a
+  worker exits with status 1 instead.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import procrastinate
+import psycopg
+from procrastinate import exceptions
+
+from . import wakeups
+from .tasks import DISPATCH, QUEUE
+
+logger = logging.getLogger(__name__)
+
+_queueing_app: procrastinate.App | None = None
+
+
+def _queue_dispatch(connection: psycopg.Connection[Any]) -> None:
+    """Queue a dispatch on the watcher's own connection (in its thread, between looks)
+    unless one is waiting already."""
+    global _queueing_app
+    if _queueing_app is None:  # only ever used with the connection given below
+        _queueing_app = procrastinate.App(connector=procrastinate.SyncPsycopgConnector())
+    try:
+        _queueing_app.configure_task(
+            DISPATCH, queue=QUEUE, queueing_lock=DISPATCH, connection=connection
+        ).defer()
+    except exceptions.AlreadyEnqueued:
+        pass  # the waiting dispatch will see the new changes too
+
+
+_watching = threading.Lock()
+_watching_pids: set[int] = set()
+
+
+def start_watching() -> None:
+    """Queue a dispatch whenever new changes become visible, for as long as this
+    process lives (one watcher per process: :mod:`pubsubpull.wakeups`)."""
+    with _watching:
+        if os.getpid() in _watching_pids:
+            return
+        _watching_pids.add(os.getpid())
+    wakeups.watcher().subscribe(_queue_dispatch)
+    _exit_status_guard()
+
+
+def is_worker_command(argv: list[str]) -> bool:
+    """Whether this process is ``manage.py procrastinate worker`` (not ``--one-shot``)."""
+    return argv[1:2] == ["procrastinate"] and "worker" in argv[2:] and "--one-shot" not in argv
+
+
+async def start_wakeups(call_next: Callable[[], Awaitable[Any]], context: Any, worker: Any) -> Any:
+    """Procrastinate worker middleware: a waiting worker of the pubsubpull queue that was
+    not started by ``manage.py procrastinate worker`` (whose process starts watching when
+    Django is ready) starts watching with the first job it runs."""
+    if worker.wait and (worker.queues is None or QUEUE in worker.queues):
+        start_watching()
+    return await call_next()
+
+
+def install_worker_middleware() -> bool:
+    """Add :func:`start_wakeups` to Procrastinate's worker defaults; False when the
+    Procrastinate app is not ready yet (listed after pubsubpull in INSTALLED_APPS)."""
+    from procrastinate.contrib.django import procrastinate_app
+
+    current = procrastinate_app.current_app
+    if isinstance(current, procrastinate_app.FutureApp):
+        return False
+    defaults = current.worker_defaults
+    middleware = list(defaults.get("worker_middleware") or [])
+    if start_wakeups not in middleware:
+        defaults["worker_middleware"] = [*middleware, start_wakeups]
+    return True
+
+
+class _SideTaskFailure(logging.Handler):
+    """Notes Procrastinate's "side task failed, stopping worker" log record."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "action", None) == "side_task_failed":
+            self.seen.set()
+
+
+_side_task_failure = _SideTaskFailure()
+
+
+def _exit_status_guard() -> None:
+    """Make the process exit with status 1 if Procrastinate stopped the worker because a
+    side task failed (its listener or heartbeat lost the database)."""
+    procrastinate_logger = logging.getLogger("procrastinate")
+    if _side_task_failure not in procrastinate_logger.handlers:
+        procrastinate_logger.addHandler(_side_task_failure)
+        atexit.register(_exit_non_zero_after_failure)
+
+
+def _exit_non_zero_after_failure() -> None:
+    if _side_task_failure.seen.is_set():
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)  # after every other exit handler would be too late to change the status
