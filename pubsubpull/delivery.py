@@ -1,8 +1,8 @@
 """Delivering batches of changes to subscriptions: plain functions, no job framework.
 
 One call of :func:`deliver` sends at most one batch to one subscription and says when
-to call it again. ``tasks.py`` runs it in Procrastinate jobs, one at a time per
-subscription. No transaction is held across the network call.
+to call it again. ``tasks.py`` runs it in Procrastinate jobs, one sender at a time per
+subscription (:func:`claimed`). No transaction is held across the network call.
 """
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import requests
-from django.db import transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 from django.utils.module_loading import import_string
@@ -28,6 +30,8 @@ from .models import Delivery, Subscription
 from .positions import Position
 
 LOCAL_PREFIX = "python:"
+# First key of pubsubpull's advisory locks ("pspb"); the second is a subscription id.
+CLAIMS = 0x70737062
 _sessions = threading.local()
 
 
@@ -212,15 +216,67 @@ def deliver(subscription_id: int) -> datetime | None:
     return record(subscription, batch, send(subscription, batch))
 
 
+@contextmanager
+def claimed(subscription_id: int) -> Iterator[bool]:
+    """Claim a subscription for sending (yields False when another sender has it).
+
+    One sender per subscription, across workers and machines: a session-level advisory
+    lock on this thread's database connection. It is not a transaction, so nothing is
+    held open across the HTTP call; and a worker that dies loses the claim with its
+    connection, so a killed worker never leaves a subscription stuck.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s::int)", [CLAIMS, subscription_id])
+        got = bool(cursor.fetchone()[0])
+    try:
+        yield got
+    finally:
+        if got:
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        "SELECT pg_advisory_unlock(%s, %s::int)", [CLAIMS, subscription_id]
+                    )
+            except DatabaseError:
+                # A session kept by CONN_MAX_AGE must not keep the claim: drop it.
+                connection.close()
+
+
+def claimed_subscriptions() -> set[int]:
+    """Ids of the subscriptions a sender has claimed right now."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT objid::bigint FROM pg_locks"
+            " WHERE locktype = 'advisory' AND classid = %s::oid AND objsubid = 2 AND granted",
+            [CLAIMS],
+        )
+        return {int(row[0]) for row in cursor.fetchall()}
+
+
+def is_due(subscription: Subscription, now: datetime) -> bool:
+    """Active, no retry scheduled later, and a batch in flight or visible changes waiting."""
+    if subscription.status != Subscription.Status.ACTIVE:
+        return False
+    if subscription.next_attempt and subscription.next_attempt > now:
+        return False
+    return bool(subscription.batch_end) or bool(pending(subscription, 1).results)
+
+
+def has_work(subscription_id: int) -> bool:
+    """Whether the subscription is due (see :func:`is_due`)."""
+    subscription = Subscription.objects.select_related("owner").filter(pk=subscription_id).first()
+    return subscription is not None and is_due(subscription, timezone.now())
+
+
 def due_subscriptions() -> list[int]:
-    """Active subscriptions with visible changes waiting and no retry scheduled later."""
+    """Due subscriptions that no sender has claimed (a sender looks again for more work
+    after letting go of its claim)."""
     now = timezone.now()
-    due = []
-    for subscription in Subscription.objects.select_related("owner").filter(
-        status=Subscription.Status.ACTIVE
-    ):
-        if subscription.next_attempt and subscription.next_attempt > now:
-            continue
-        if subscription.batch_end or pending(subscription, 1).results:
-            due.append(subscription.pk)
-    return due
+    busy = claimed_subscriptions()
+    return [
+        subscription.pk
+        for subscription in Subscription.objects.select_related("owner").filter(
+            status=Subscription.Status.ACTIVE
+        )
+        if subscription.pk not in busy and is_due(subscription, now)
+    ]

@@ -41,33 +41,45 @@ def _cron(seconds: int) -> str:
 
 
 def subscription_lock(subscription_id: int) -> str:
+    """The queueing lock of a subscription's delivery jobs: at most one waits."""
     return f"pubsubpull.subscription.{subscription_id}"
 
 
 def defer_delivery(subscription_id: int, at: datetime | None = None) -> None:
-    """Queue the delivery of a subscription (now, or at ``at``) unless one is waiting."""
-    lock = subscription_lock(subscription_id)
+    """Queue the delivery of a subscription (now, or at ``at``) unless one is waiting.
+
+    No Procrastinate ``lock``: one sender at a time is :func:`delivery.claimed`'s job. A
+    job queued behind a Procrastinate lock waits for the worker's next poll (5 s) after
+    the lock is released, which stalled a subscription with a backlog between jobs.
+    """
     schedule_at = at if at is not None and at > timezone.now() else None
     try:
-        deliver.configure(lock=lock, queueing_lock=lock, schedule_at=schedule_at).defer(
-            subscription_id=subscription_id
-        )
+        deliver.configure(
+            queueing_lock=subscription_lock(subscription_id), schedule_at=schedule_at
+        ).defer(subscription_id=subscription_id)
     except exceptions.AlreadyEnqueued:
         pass  # the waiting job will see the changes too
 
 
 @app.task(name="pubsubpull.deliver", queue=QUEUE)
 def deliver(subscription_id: int) -> None:
-    """Deliver the next batch of one subscription and queue what follows."""
+    """Deliver the next batches of one subscription and queue what follows."""
     # Batch after batch while more wait, for up to JOB_SECONDS: the cost of a job (fetch,
     # finish, defer, and a database connection unless CONN_MAX_AGE keeps it) is paid once
-    # per second, not per batch. The lock stays held: still one batch in flight.
+    # per second, not per batch. The claim stays held: still one batch in flight.
     deadline = time.monotonic() + JOB_SECONDS
+    again: datetime | None = None
     try:
-        while True:
-            again = delivery.deliver(subscription_id)
-            if again is None or again > timezone.now() or time.monotonic() > deadline:
-                break
+        with delivery.claimed(subscription_id) as claimed:
+            if not claimed:
+                return  # another job sends it, and looks for more work before letting go
+            while True:
+                again = delivery.deliver(subscription_id)
+                if again is None or again > timezone.now() or time.monotonic() > deadline:
+                    break
+        if again is None and delivery.has_work(subscription_id):
+            # Changes came while we held the claim, and their wake-up found it taken.
+            again = timezone.now()
     except (OperationalError, InterfaceError) as error:
         # The database went away mid-job (restart, terminated connection). Nothing is
         # lost: the batch in flight stays on the subscription and is resent with the

@@ -27,7 +27,7 @@ from pubsubpull.models import Delivery, Subscription
 from pubsubpull.webhooks import generate_secret
 from test_project.shop.models import Customer, Order
 from tests.delivery_helpers import Receiver, drain, wake
-from tests.helpers import subprocess_env
+from tests.helpers import raw_connection, subprocess_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ROOT = Path(__file__).resolve().parent.parent
@@ -467,3 +467,33 @@ def test_admin_actions_pause_resume_replay(api: Client, httpserver: HTTPServer) 
         assert check(subscription), action
     page = api.get(url).content.decode()
     assert "adm" in page and "Lag" in page
+
+
+def test_one_sender_per_subscription_until_its_connection_dies(
+    api: Client, httpserver: HTTPServer
+) -> None:
+    from pubsubpull import delivery
+
+    put(api, "claims", {"target": hook(httpserver, Receiver())}, status=201)
+    subscription = Subscription.objects.get(name="claims")
+    Customer.objects.create(name="waiting")
+    assert delivery.due_subscriptions() == [subscription.pk]
+    other_worker = raw_connection()  # type: ignore[attr-defined]
+    try:
+        with delivery.claimed(subscription.pk) as first:
+            assert first
+            row = other_worker.execute(
+                "SELECT pg_try_advisory_lock(%s, %s::int)", [delivery.CLAIMS, subscription.pk]
+            ).fetchone()
+            assert row == (False,)  # a second sender is refused
+            assert delivery.due_subscriptions() == []  # dispatch leaves it to its sender
+        other_worker.execute(
+            "SELECT pg_advisory_lock(%s, %s::int)", [delivery.CLAIMS, subscription.pk]
+        )
+        with delivery.claimed(subscription.pk) as second:
+            assert not second
+    finally:
+        other_worker.close()  # the other worker dies: its claim goes with its connection
+    with delivery.claimed(subscription.pk) as third:
+        assert third
+    assert delivery.due_subscriptions() == [subscription.pk]

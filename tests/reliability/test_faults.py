@@ -176,7 +176,7 @@ def test_worker_killed_three_times_during_a_long_delivery(
         wait_until(arrived, WITHIN, f"{after} batches", check=alive(worker))
         receiver.hold()
         assert receiver.held.wait(WITHIN), "no batch came to hold"
-        doing = jobs(url, "status = 'doing' AND lock = %s", lock)
+        doing = jobs(url, "status = 'doing' AND queueing_lock = %s", lock)
         worker.kill()
         receiver.release()
         assert receiver.held_hit is not None
