@@ -412,9 +412,8 @@ def throughput(receiver: Receiver, count: int, reps: int, budget: float) -> dict
 
 
 def wake_worker() -> None:
-    """Queue a dispatch. A fresh worker starts its wake-up watcher with the first job it
-    runs (``pubsubpull.tasks.start_wakeups``); until then only its periodic jobs find
-    new changes."""
+    """Queue a dispatch, so that a run starts at once whatever the worker's watcher saw
+    before it was measured."""
     from procrastinate import exceptions
 
     from pubsubpull.tasks import dispatch
@@ -574,7 +573,8 @@ def notes() -> str:
         "the ceiling pays) and the commits of the bookkeeping (the batch in flight, then the "
         "`Delivery` row with the cursor). A change written while the subscription is caught "
         f"up reaches the worker by its wake-up watcher (`pubsubpull.wakeups`), {watcher()}; "
-        "when the visible tail moves it queues `pubsubpull.dispatch`, which finds the "
+        "when the safe horizon moves past new changes it queues `pubsubpull.dispatch`, "
+        "which finds the "
         "subscriptions with changes waiting and queues `pubsubpull.deliver` for each, which "
         "reads and sends. Nothing is queued from inside the writer's transaction. "
         f"{os.cpu_count()} cores are shared by PostgreSQL, the worker, the receiver and this "
@@ -586,13 +586,11 @@ def watcher() -> str:
     """How the worker's wake-up watcher hears of new changes, in words."""
     from pubsubpull import conf
 
-    if "POLL_INTERVAL" in conf.DEFAULTS:
-        interval = float(conf.get("POLL_INTERVAL"))
-        return (
-            "a connection of its own that looks at the visible tail of the log every "
-            f"`POLL_INTERVAL` ({interval * 1000:g} ms here)"
-        )
-    return "a connection of its own that LISTENs for the NOTIFY the capture sends at commit"
+    interval = float(conf.get("POLL_INTERVAL"))
+    return (
+        "a connection of its own that looks at the log every "
+        f"`POLL_INTERVAL` ({interval * 1000:g} ms here)"
+    )
 
 
 def conn_max_age() -> str:
@@ -827,17 +825,8 @@ def beside_report(duration: float, others: list[tuple[Scenario, dict[str, Any]]]
             *goals,
             "",
             f"A fresh worker's first delivery came {started:.1f} s after it had registered and "
-            "a row was written (first run above, nothing else queued): its wake-up watcher "
-            "starts with the first job it runs (`pubsubpull.tasks.start_wakeups`), so until "
-            "a periodic job (`pubsubpull.recover` every 15 s, the sweep every "
-            f"{sweep_interval()} s) runs, nothing wakes it. The other runs queue a "
-            "`pubsubpull.dispatch` after that first write.",
+            "a row was written (first run above, nothing else queued): `manage.py "
+            "procrastinate worker` starts its wake-up watcher when Django is ready. The other "
+            "runs queue a `pubsubpull.dispatch` after that first write.",
         ]
     )
-
-
-def sweep_interval() -> int:
-    """``SWEEP_INTERVAL`` in seconds."""
-    from pubsubpull import conf
-
-    return int(conf.get("SWEEP_INTERVAL"))

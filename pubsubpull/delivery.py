@@ -268,11 +268,11 @@ def has_work(subscription_id: int) -> bool:
     return subscription is not None and is_due(subscription, timezone.now())
 
 
-def due_subscriptions() -> list[int]:
+def due_subscriptions(skip: set[int] | frozenset[int] = frozenset()) -> list[int]:
     """Due subscriptions that no sender has claimed (a sender looks again for more work
-    after letting go of its claim)."""
+    after letting go of its claim), leaving out the ids in ``skip``."""
     now = timezone.now()
-    busy = claimed_subscriptions()
+    busy = claimed_subscriptions() | skip
     return [
         subscription.pk
         for subscription in Subscription.objects.select_related("owner").filter(

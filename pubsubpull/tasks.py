@@ -17,7 +17,7 @@ import logging
 import time
 from datetime import datetime, timedelta
 
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 from procrastinate import exceptions
 from procrastinate.contrib.django import app
@@ -93,6 +93,19 @@ def deliver(subscription_id: int) -> None:
         _defer_or_leave_to_sweep(subscription_id, again)
 
 
+def _waiting_deliveries() -> set[int]:
+    """Subscriptions whose delivery job is queued already: looking whether they are due
+    (a page query each) would be wasted, since their job will look."""
+    prefix = subscription_lock(0)[:-1]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT queueing_lock FROM procrastinate_jobs"
+            " WHERE queue_name = %s AND status = 'todo' AND queueing_lock LIKE %s",
+            [QUEUE, prefix + "%"],
+        )
+        return {int(lock[len(prefix) :]) for (lock,) in cursor.fetchall()}
+
+
 def _defer_or_leave_to_sweep(subscription_id: int, at: datetime) -> None:
     try:
         defer_delivery(subscription_id, at)
@@ -107,7 +120,7 @@ def dispatch(timestamp: int | None = None) -> None:
     """Queue the delivery of every subscription with visible changes waiting."""
     try:
         receivers.sync()
-        for subscription_id in delivery.due_subscriptions():
+        for subscription_id in delivery.due_subscriptions(skip=_waiting_deliveries()):
             defer_delivery(subscription_id)
     except (OperationalError, InterfaceError) as error:
         # The database went away: the watcher queues a dispatch when it reconnects.

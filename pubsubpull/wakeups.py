@@ -4,11 +4,12 @@ changes become visible.
 Nothing here runs inside a user's transaction, so writers never wait on it. The capture
 sends no NOTIFY either: PostgreSQL takes a database-wide lock at commit for transactions
 that notify, which serialised concurrent writers' commits (8 writers: 3x fewer commits/s,
-measured with pgbench on PostgreSQL 15). Instead a thread looks at the visible tail of the
-log every ``POLL_INTERVAL`` seconds (two index probes at the top of ``(txid, id)``, read
-only, so it has no transaction id and never holds the horizon back) and wakes waiters
-(long polls, the worker's dispatcher) each time it moves. That also catches changes
-released by an older transaction that ended without writing.
+measured with pgbench on PostgreSQL 15). Instead a thread looks at the log every
+``POLL_INTERVAL`` seconds (``log_tail.sql``: has the safe horizon moved past changes since
+the last look? A bounded index range probe, read only, so it has no transaction id and
+never holds the horizon back) and wakes waiters (long polls, the worker's dispatcher)
+when it has. That also catches changes released by an older transaction that ended
+without writing.
 
 The thread runs while somebody waits and closes its connection ``LINGER`` seconds after
 the last one left.
@@ -46,7 +47,7 @@ def connection_params(using: str = "default") -> dict[str, Any]:
 
 
 class Watcher:
-    """Watches the visible tail of the change log from a thread of its own."""
+    """Watches for newly visible changes from a thread of its own."""
 
     def __init__(self, params: dict[str, Any], interval: float) -> None:
         self._params = params
@@ -87,7 +88,7 @@ class Watcher:
 
     def subscribe(self, callback: Callable[[psycopg.Connection[Any]], None]) -> None:
         """Call ``callback(connection)`` in the watcher thread, with its connection (an
-        autocommit one), each time the tail moves, for as long as the process lives.
+        autocommit one), each time changes became visible, for as long as the process lives.
         The callback should be quick; what it raises is logged."""
         with self._condition:
             self._callbacks.append(callback)
@@ -102,7 +103,7 @@ class Watcher:
             self._thread.start()
 
     def _fire(self, connection: psycopg.Connection[Any] | None = None) -> None:
-        """Wake the waiters; and the callbacks when the tail moved (``connection``)."""
+        """Wake the waiters; and the callbacks when changes became visible (``connection``)."""
         with self._condition:
             self._generation += 1
             self._condition.notify_all()
@@ -145,15 +146,16 @@ class Watcher:
                 self.connected.clear()
 
     def _watch(self, connection: psycopg.Connection[Any]) -> bool:
-        """Fire on each move of the visible tail; returns True once nobody waits."""
+        """Fire when changes became visible; returns True once nobody waits."""
         query = load("log_tail")
-        last: str | None = None
-        first = True
+        horizon = "0"
+        first = True  # anything may have happened while nobody watched
         while True:
-            row = connection.execute(query).fetchone()
-            tail = row[0] if row else None  # None: nothing visible yet
-            if tail != last or first:  # first: anything may have happened unwatched
-                last, first = tail, False
+            row = connection.execute(query, {"since": horizon}).fetchone()
+            assert row is not None  # one row, always
+            horizon, released = row
+            if released or first:
+                first = False
                 self._fire(connection)
             self.connected.set()  # has looked at least once
             if self._unused():

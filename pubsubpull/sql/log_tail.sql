@@ -1,11 +1,11 @@
--- The position of the newest change below the safe horizon (NULL when none): when it
--- moves, new changes have become visible. Changes that become visible always lie above
--- every change visible before (their txid is at least the old horizon), so it moves
--- exactly when something new can be read.
--- An index scan from the top of (txid, id); the horizon is a one-time sub-select so the
--- planner uses the index.
-SELECT c.txid::text || '-' || c.id::text
-FROM pubsubpull_change c
-WHERE c.txid < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
-ORDER BY c.txid DESC, c.id DESC
-LIMIT 1;
+-- Wake-ups: the safe horizon now, and whether changes became visible since the horizon
+-- %(since)s (the one of the previous look; '0' the first time).
+-- Changes become visible only when the horizon moves past their transaction (a
+-- transaction below the horizon has ended and can add nothing), so the newly visible
+-- ones are exactly those with since <= txid < horizon: a bounded index range scan of
+-- (txid, id) that stops at the first row, however many changes an open transaction hides.
+WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
+SELECT h.xmin::text,
+       EXISTS (SELECT FROM pubsubpull_change c
+               WHERE c.txid >= %(since)s::xid8 AND c.txid < h.xmin)
+FROM h;
