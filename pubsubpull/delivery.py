@@ -204,8 +204,7 @@ def record(subscription: Subscription, batch: Batch, attempt: Attempt) -> dateti
 
 
 def deliver(subscription_id: int) -> datetime | None:
-    """Send the next batch of one subscription; returns when to call again: now after a
-    full batch, later after a failure, None when it stopped or caught up."""
+    """Send the next batch of one subscription; returns when to call again (or None)."""
     subscription = Subscription.objects.select_related("owner").filter(pk=subscription_id).first()
     if subscription is None or subscription.status != Subscription.Status.ACTIVE:
         return None
@@ -214,14 +213,7 @@ def deliver(subscription_id: int) -> datetime | None:
     batch = next_batch(subscription)
     if batch is None:
         return None
-    attempt = send(subscription, batch)
-    when = record(subscription, batch, attempt)
-    if attempt.ok and len(batch.changes) < subscription.batch_size:
-        # Caught up as of this page: say so rather than send the few changes written
-        # meanwhile at once, so that a job gives way to other subscriptions' jobs (a
-        # subscription under steady writes kept its worker slot for a second each time).
-        return None
-    return when
+    return record(subscription, batch, send(subscription, batch))
 
 
 @contextmanager

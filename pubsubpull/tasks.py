@@ -64,9 +64,10 @@ def defer_delivery(subscription_id: int, at: datetime | None = None) -> None:
 @app.task(name="pubsubpull.deliver", queue=QUEUE)
 def deliver(subscription_id: int) -> None:
     """Deliver the next batches of one subscription and queue what follows."""
-    # Batch after batch while more wait, for up to JOB_SECONDS: the cost of a job (fetch,
-    # finish, defer, and a database connection unless CONN_MAX_AGE keeps it) is paid once
-    # per second, not per batch. The claim stays held: still one batch in flight.
+    # Batch after batch while more wait, for up to JOB_SECONDS and while no other job
+    # waits: the cost of a job (fetch, finish, defer, and a database connection unless
+    # CONN_MAX_AGE keeps it) is paid once per turn, not per batch. The claim stays held:
+    # still one batch in flight.
     deadline = time.monotonic() + JOB_SECONDS
     again: datetime | None = None
     try:
@@ -77,6 +78,8 @@ def deliver(subscription_id: int) -> None:
                 again = delivery.deliver(subscription_id)
                 if again is None or again > timezone.now() or time.monotonic() > deadline:
                     break
+                if _others_waiting():
+                    break  # give way: queued again below, behind them (round robin)
         if again is None and delivery.has_work(subscription_id):
             # Changes came while we held the claim, and their wake-up found it taken.
             again = timezone.now()
@@ -91,6 +94,20 @@ def deliver(subscription_id: int) -> None:
         again = timezone.now() + DATABASE_RETRY
     if again is not None:
         _defer_or_leave_to_sweep(subscription_id, again)
+
+
+def _others_waiting() -> bool:
+    """Whether other jobs of the queue wait for a worker now. A subscription under steady
+    writes always has a few more changes; without this its job kept a worker slot for
+    JOB_SECONDS per turn while the others waited (20 subscriptions at 200 changes/s:
+    p99 9 s)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT EXISTS (SELECT FROM procrastinate_jobs WHERE queue_name = %s"
+            " AND status = 'todo' AND (scheduled_at IS NULL OR scheduled_at <= now()))",
+            [QUEUE],
+        )
+        return bool(cursor.fetchone()[0])
 
 
 def _waiting_deliveries() -> set[int]:
