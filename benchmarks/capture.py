@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -248,18 +248,10 @@ def _check_capture(n: int) -> None:
     _reset(HistoryRow)
 
 
-@contextlib.contextmanager
-def _no_autovacuum() -> Iterator[None]:
-    """Keep autovacuum off the benchmark tables meanwhile: it would land in random timings."""
+def _no_autovacuum() -> contextlib.AbstractContextManager[None]:
+    """Keep autovacuum off the benchmark tables meanwhile."""
     tables = [m._meta.db_table for m in _models().values()]
-    tables += harness.history_tables() + ["pubsubpull_change"]
-    for name in tables:
-        harness.execute(f"ALTER TABLE {name} SET (autovacuum_enabled = false)")
-    try:
-        yield
-    finally:
-        for name in tables:
-            harness.execute(f"ALTER TABLE {name} RESET (autovacuum_enabled)")
+    return harness.no_autovacuum(tables + harness.history_tables() + ["pubsubpull_change"])
 
 
 def _rotate(names: tuple[str, ...], rep: int) -> tuple[str, ...]:

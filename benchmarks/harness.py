@@ -29,11 +29,12 @@ and report tracked results as ratios against a baseline measured in the same run
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from django.db import connection, models
@@ -261,3 +262,15 @@ def machine() -> dict[str, str]:
         "django-pghistory": installed("django-pghistory"),
         "djangorestframework": installed("djangorestframework"),
     }
+
+
+@contextlib.contextmanager
+def no_autovacuum(tables: list[str]) -> Iterator[None]:
+    """Keep autovacuum off ``tables`` meanwhile: it would land in random timings."""
+    for name in tables:
+        execute(f"ALTER TABLE {name} SET (autovacuum_enabled = false)")
+    try:
+        yield
+    finally:
+        for name in tables:
+            execute(f"ALTER TABLE {name} RESET (autovacuum_enabled)")

@@ -203,18 +203,6 @@ def reset(table: str) -> None:
     harness.checkpoint()
 
 
-@contextlib.contextmanager
-def no_autovacuum(tables: list[str]) -> Iterator[None]:
-    """Keep autovacuum off the written tables meanwhile (each run starts from a reset)."""
-    for name in tables:
-        harness.execute(f"ALTER TABLE {name} SET (autovacuum_enabled = false)")
-    try:
-        yield
-    finally:
-        for name in tables:
-            harness.execute(f"ALTER TABLE {name} RESET (autovacuum_enabled)")
-
-
 def check(table: str, changes: bool, notifies: bool) -> None:
     """One insert into ``table`` records a change and sends a NOTIFY as configured
     (guards the setup: a variant that did as the tracked table would measure nothing)."""
@@ -468,7 +456,10 @@ def measure(reps: int, warmup: float, duration: float, catch_up: float) -> Resul
     results: Results = {}
     delivery.subscriber()  # before any reset: users are tracked
     notifies = capture_notifies()
-    with variant_table(), no_autovacuum([*sorted(set(TABLES.values())), "pubsubpull_change"]):
+    with (
+        variant_table(),
+        harness.no_autovacuum([*sorted(set(TABLES.values())), "pubsubpull_change"]),
+    ):
         check(TABLES[UNTRACKED], changes=False, notifies=False)
         check(TABLES[TRACKED], changes=True, notifies=notifies)
         check(VARIANT_TABLE, changes=True, notifies=not notifies)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import User
 from django.db import connection
+from django.test import Client
 
 
 @pytest.fixture(autouse=True)
@@ -22,3 +23,17 @@ def _empty_change_log(request: pytest.FixtureRequest) -> None:
 @pytest.fixture
 def user(db: None) -> User:
     return User.objects.create_user("alice", password="alice-password")
+
+
+@pytest.fixture
+def owner() -> User:
+    """A superuser: may subscribe and view every model."""
+    return User.objects.create_superuser("subscriber", password="subscriber-password")
+
+
+@pytest.fixture
+def api(owner: User) -> Client:
+    """A client logged in as ``owner``."""
+    client = Client()
+    client.force_login(owner)
+    return client

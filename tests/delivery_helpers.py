@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.management import call_command
+from django.test import Client
 from procrastinate.exceptions import AlreadyEnqueued
 from werkzeug import Request, Response
 
@@ -52,6 +53,16 @@ class Receiver:
         """Changes of every request received, in arrival order (retries included)."""
         with self.lock:
             return [c for r in self.requests for c in r.changes]
+
+
+def put(client: Client, name: str, body: Any, status: int | None = None) -> dict[str, Any]:
+    """PUT a subscription (checking the answer's status when given); its JSON answer."""
+    response = client.put(
+        f"/pubsubpull/subscriptions/{name}/", json.dumps(body), "application/json"
+    )
+    if status is not None:
+        assert response.status_code == status, response.content
+    return response.json()  # type: ignore[no-any-return]
 
 
 def wake() -> None:

@@ -26,7 +26,7 @@ from pubsubpull.events import InvalidEvent
 from pubsubpull.models import Delivery, Subscription
 from pubsubpull.webhooks import generate_secret
 from test_project.shop.models import Customer, Order
-from tests.delivery_helpers import Receiver, drain, wake
+from tests.delivery_helpers import Receiver, drain, put, wake
 from tests.helpers import raw_connection, subprocess_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -41,30 +41,9 @@ FAST_RETRIES = {
 }
 
 
-@pytest.fixture
-def owner() -> User:
-    return User.objects.create_superuser("subscriber", password="subscriber-password")
-
-
-@pytest.fixture
-def api(owner: User) -> Client:
-    client = Client()
-    client.force_login(owner)
-    return client
-
-
 def hook(httpserver: HTTPServer, receiver: Receiver, path: str = "/hook") -> str:
     httpserver.expect_request(path, method="PUT").respond_with_handler(receiver)
     return str(httpserver.url_for(path))
-
-
-def put(client: Client, name: str, body: Any, status: int | None = None) -> dict[str, Any]:
-    response = client.put(
-        f"/pubsubpull/subscriptions/{name}/", json.dumps(body), "application/json"
-    )
-    if status is not None:
-        assert response.status_code == status, response.content
-    return response.json()  # type: ignore[no-any-return]
 
 
 def names(changes: list[dict[str, Any]]) -> list[str]:

@@ -53,13 +53,6 @@ def key(change: dict[str, Any]) -> Key:
 # -- HTTP: subscriptions, the receiver, pulling ------------------------------------------
 
 
-def put(client: Client, name: str, body: dict[str, Any], status: int) -> dict[str, Any]:
-    """PUT a subscription and check the answer's status."""
-    response = client.put(f"{API}/subscriptions/{name}/", json.dumps(body), "application/json")
-    assert response.status_code == status, response.content
-    return response.json()  # type: ignore[no-any-return]
-
-
 @dataclass(frozen=True)
 class Batch:
     webhook_id: str

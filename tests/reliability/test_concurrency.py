@@ -19,13 +19,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.db import connection
 from django.test import Client
 from pytest_httpserver import HTTPServer
 
 from test_project.shop.models import Customer, Order
+from tests.delivery_helpers import put
 from tests.reliability.concurrency_helpers import (
     DEADLOCK,
     Key,
@@ -39,7 +39,6 @@ from tests.reliability.concurrency_helpers import (
     missing,
     position,
     pull,
-    put,
     row_waits,
     run_writers,
     running_worker,
@@ -55,14 +54,6 @@ ROWS = 32  # customers and orders the writers share
 PRUNE_WRITE_SECONDS = 8.0  # writes while prune runs again and again
 FAST = 1.0  # seconds: a writer must never wait longer for another's open transaction
 DELIVERY_TIMEOUT = 90.0  # seconds to wait for everything to arrive after the writes
-
-
-@pytest.fixture
-def api() -> Client:
-    """A client logged in as a superuser (view permission on every model)."""
-    client = Client()
-    client.force_login(User.objects.create_superuser("reader", password="reader-password"))
-    return client
 
 
 @pytest.fixture

@@ -90,18 +90,6 @@ TRANSACTIONAL = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def owner() -> User:
-    return User.objects.create_superuser("subscriber", password="subscriber-password")
-
-
-@pytest.fixture
-def api(owner: User) -> Client:
-    client = Client()
-    client.force_login(owner)
-    return client
-
-
-@pytest.fixture
 def url() -> str:
     """The test database's URL, with no pubsubpull job left from earlier tests (the
     test flush does not empty Procrastinate's tables)."""
