@@ -28,6 +28,7 @@ from . import conf, pull, targets, webhooks
 from .crypto import decrypt
 from .models import Delivery, Subscription
 from .positions import Position
+from .sql import load
 
 LOCAL_PREFIX = "python:"
 # First key of pubsubpull's advisory locks ("pspb"); the second is a subscription id.
@@ -245,11 +246,7 @@ def claimed(subscription_id: int) -> Iterator[bool]:
 def claimed_subscriptions() -> set[int]:
     """Ids of the subscriptions a sender has claimed right now."""
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT objid::bigint FROM pg_locks"
-            " WHERE locktype = 'advisory' AND classid = %s::oid AND objsubid = 2 AND granted",
-            [CLAIMS],
-        )
+        cursor.execute(load("claimed_subscriptions"), {"claims": CLAIMS})
         return {int(row[0]) for row in cursor.fetchall()}
 
 
