@@ -31,7 +31,8 @@ from .positions import Position
 from .sql import load
 
 LOCAL_PREFIX = "python:"
-# First key of pubsubpull's advisory locks ("pspb"); the second is a subscription id.
+# First key of pubsubpull's advisory locks ("pspb"); the second is a subscription id
+# (an int4: ids past 2**31 would need the one-bigint form of the lock functions).
 CLAIMS = 0x70737062
 _sessions = threading.local()
 
