@@ -20,9 +20,7 @@ def apply(changes: list[dict[str, Any]]) -> int:
         for change in changes:
             if change["model"] != "shop.customer" or change["pk"] is None:
                 continue
-            row, _ = RemoteCustomer.objects.select_for_update().get_or_create(
-                id=int(change["pk"])
-            )
+            row, _ = RemoteCustomer.objects.select_for_update().get_or_create(id=int(change["pk"]))
             if change["seq"] <= row.seq:
                 continue  # an older version of the row: already superseded
             row.seq = change["seq"]
