@@ -89,7 +89,7 @@ def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[checks.Chec
 @checks.register()
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """E005 unusable ALLOWED_TARGETS entry, E006 event label that is a tracked model,
-    E008 unusable POLL_INTERVAL."""
+    E008 unusable POLL_INTERVAL, E009 unusable limit, E010 unusable request query options."""
     from . import conf, events, targets
 
     errors: list[checks.CheckMessage] = []
@@ -125,6 +125,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="pubsubpull.E008",
             )
         )
+    errors += _check_limits(conf)
     for label in events.labels():
         if label in registry.labels():
             errors.append(
@@ -135,6 +136,53 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                     id="pubsubpull.E006",
                 )
             )
+    return errors
+
+
+# Limits (README "Security"): key -> (type, smallest, largest)
+LIMITS: dict[str, tuple[type, float, float]] = {
+    "MAX_TOPICS": (int, 1, 1000),
+    "MAX_FILTER_LENGTH": (int, 1, 100_000),
+    "FILTER_TIMEOUT": (float, 0.01, 600),
+    "MAX_SUBSCRIPTIONS": (int, 1, 1_000_000),
+    "MAX_WAITING": (int, 0, 100_000),
+}
+
+
+def _check_limits(conf: Any) -> list[checks.CheckMessage]:
+    errors: list[checks.CheckMessage] = []
+    for key, (kind, low, high) in LIMITS.items():
+        value = conf.get(key)
+        types = int if kind is int else int | float
+        if isinstance(value, bool) or not isinstance(value, types) or not low <= value <= high:
+            errors.append(
+                checks.Error(
+                    f"PUBSUBPULL[{key!r}] must be {'an integer' if kind is int else 'a number'} "
+                    f"from {low} to {high}, not {value!r}.",
+                    hint=f"Leave it out for the default, {conf.DEFAULTS[key]!r}.",
+                    id="pubsubpull.E009",
+                )
+            )
+    if not isinstance(conf.get("REQUEST_QUERY"), bool):
+        errors.append(
+            checks.Error(
+                f"PUBSUBPULL['REQUEST_QUERY'] must be True or False, "
+                f"not {conf.get('REQUEST_QUERY')!r}.",
+                hint="True records the query string of writing requests (with REDACT_QUERY "
+                "values hidden); False, the default, records the path only.",
+                id="pubsubpull.E010",
+            )
+        )
+    redact = conf.get("REDACT_QUERY")
+    if not isinstance(redact, list | tuple) or not all(isinstance(n, str) for n in redact):
+        errors.append(
+            checks.Error(
+                f"PUBSUBPULL['REDACT_QUERY'] must be a list of parameter names, not {redact!r}.",
+                hint="e.g. ['token', 'api_key']: query values of names containing one of "
+                "them are recorded as 'REDACTED'.",
+                id="pubsubpull.E010",
+            )
+        )
     return errors
 
 

@@ -23,6 +23,23 @@ DEFAULTS: dict[str, Any] = {
     "POLL_INTERVAL": 0.02,
     "PAGE_SIZE": 100,
     "MAX_PAGE_SIZE": 1000,
+    # Limits that keep one user from hurting the others (README "Security").
+    # topic patterns per subscription or pull request
+    "MAX_TOPICS": 50,
+    # characters of a subscription's jsonpath filter
+    "MAX_FILTER_LENGTH": 1000,
+    # seconds a query evaluating a user's filter or topic patterns may run
+    "FILTER_TIMEOUT": 2.0,
+    # subscriptions per owner
+    "MAX_SUBSCRIPTIONS": 100,
+    # long polls waiting at once in one process; more are answered at once, empty
+    "MAX_WAITING": 50,
+    # record the query string of writing requests (values of REDACT_QUERY names hidden)
+    "REQUEST_QUERY": False,
+    "REDACT_QUERY": [
+        "access_token", "api_key", "apikey", "auth", "code", "key", "password", "secret",
+        "sig", "signature", "token",
+    ],  # fmt: skip
 }
 
 
