@@ -83,7 +83,10 @@ def next_batch(subscription: Subscription) -> Batch | None:
     """The batch in flight (a retry), else the next one; None when caught up.
 
     A caught-up subscription's cursor moves up to the horizon, so changes its topics
-    or filter skip are not scanned again.
+    or filter skip are not scanned again. A filter that selected nothing among the
+    changes one read may examine moves the cursor past them and gives an empty batch:
+    call again for the next ones. Raises :class:`pull.QueryFailed` when the filter
+    fails or takes too long.
     """
     if subscription.batch_end:
         end = Position.parse(subscription.batch_end)
@@ -93,13 +96,16 @@ def next_batch(subscription: Subscription) -> Batch | None:
         # nothing left in it (e.g. the owner lost a permission): drop the batch
         Subscription.objects.filter(pk=subscription.pk).update(batch_id="", batch_end="")
         subscription.batch_id = subscription.batch_end = ""
+    after = Position.parse(subscription.cursor)
     page = pending(subscription, subscription.batch_size)
     if not page.results:
-        cursor = page.cursor(Position.parse(subscription.cursor), subscription.batch_size)
-        if str(cursor) != subscription.cursor:
+        cursor = page.cursor(after, subscription.batch_size)
+        if cursor != after:
             Subscription.objects.filter(pk=subscription.pk, cursor=subscription.cursor).update(
                 cursor=str(cursor)
             )
+        if page.scanned_to is not None:
+            return Batch("", [], after, cursor)
         return None
     assert page.first is not None and page.last is not None
     batch = Batch(uuid.uuid4().hex, page.results, page.first, page.last)
@@ -150,7 +156,14 @@ def _put(subscription: Subscription, batch: Batch) -> tuple[int, str]:
         timeout=float(conf.get("DELIVERY_TIMEOUT")),
         allow_redirects=False,  # a redirect could point anywhere (SSRF)
     )
-    error = "" if response.ok else f"HTTP {response.status_code}: {response.text[:200]}"
+    if 200 <= response.status_code < 300:
+        return response.status_code, ""
+    error = f"HTTP {response.status_code}: {response.text[:200]}"
+    if 300 <= response.status_code < 400:
+        error = (
+            f"HTTP {response.status_code}: redirects are not followed; subscribe the "
+            f"final URL ({response.headers.get('Location', 'no Location header')[:200]})"
+        )
     return response.status_code, error
 
 
@@ -187,21 +200,51 @@ def record(subscription: Subscription, batch: Batch, attempt: Attempt) -> dateti
             }  # fmt: skip
             when: datetime | None = now
         else:
-            failures = subscription.failures + 1
-            updates = {"failures": F("failures") + 1, "last_error": attempt.error}
-            if attempt.status_code == 410:
-                updates["status"] = Subscription.Status.DISABLED
-                updates["last_error"] += " (410 Gone: subscription disabled)"
-                when = None
-            elif failures >= int(conf.get("MAX_FAILURES")):
-                updates["status"] = Subscription.Status.FAILING
-                when = None
-            else:
-                when = now + backoff(failures)
-            updates["next_attempt"] = when
+            updates, when = _failed(subscription, attempt, now)
         # Only the batch this attempt sent: a PUT that replayed or replaced the
         # subscription meanwhile wins.
         Subscription.objects.filter(pk=subscription.pk, batch_id=batch.id).update(**updates)
+    return when
+
+
+def _failed(
+    subscription: Subscription, attempt: Attempt, now: datetime
+) -> tuple[dict[str, Any], datetime | None]:
+    """The subscription's updates after a failed attempt, and when to try again."""
+    failures = subscription.failures + 1
+    updates: dict[str, Any] = {"failures": F("failures") + 1, "last_error": attempt.error}
+    when: datetime | None
+    if attempt.status_code == 410:
+        updates["status"] = Subscription.Status.DISABLED
+        updates["last_error"] += " (410 Gone: subscription disabled)"
+        when = None
+    elif failures >= int(conf.get("MAX_FAILURES")):
+        updates["status"] = Subscription.Status.FAILING
+        when = None
+    else:
+        when = now + backoff(failures)
+    updates["next_attempt"] = when
+    return updates, when
+
+
+def record_read_failure(subscription: Subscription, error: pull.QueryFailed) -> datetime | None:
+    """A failed read of the subscription's changes (its filter failed or was too slow):
+    a failed attempt of this subscription alone, recorded and retried like one."""
+    attempt = Attempt(None, str(error)[:1000], timedelta(0))
+    updates, when = _failed(subscription, attempt, timezone.now())
+    with transaction.atomic():
+        Delivery.objects.create(
+            subscription=subscription,
+            batch_id=subscription.batch_id,
+            first=subscription.cursor,
+            last=subscription.batch_end or subscription.cursor,
+            count=0,
+            error=attempt.error,
+            duration=attempt.duration,
+        )
+        Subscription.objects.filter(pk=subscription.pk, batch_id=subscription.batch_id).update(
+            **updates
+        )
     return when
 
 
@@ -212,9 +255,14 @@ def deliver(subscription_id: int) -> datetime | None:
         return None
     if subscription.next_attempt and subscription.next_attempt > timezone.now():
         return subscription.next_attempt
-    batch = next_batch(subscription)
+    try:
+        batch = next_batch(subscription)
+    except pull.QueryFailed as error:
+        return record_read_failure(subscription, error)
     if batch is None:
         return None
+    if not batch.changes:
+        return timezone.now()  # the filter skipped a stretch of changes: read on
     return record(subscription, batch, send(subscription, batch))
 
 
@@ -252,12 +300,24 @@ def claimed_subscriptions() -> set[int]:
 
 
 def is_due(subscription: Subscription, now: datetime) -> bool:
-    """Active, no retry scheduled later, and a batch in flight or visible changes waiting."""
+    """Active, no retry scheduled later, and a batch in flight or visible changes of its
+    topics waiting. The filter is left to the delivery job: a slow or failing filter
+    costs its own subscription's job, never the dispatch that serves everyone."""
     if subscription.status != Subscription.Status.ACTIVE:
         return False
     if subscription.next_attempt and subscription.next_attempt > now:
         return False
-    return bool(subscription.batch_end) or bool(pending(subscription, 1).results)
+    if subscription.batch_end:
+        return True
+    labels, events = pull.scope(subscription.owner)
+    try:
+        page = pull.changes_page(
+            labels, Position.parse(subscription.cursor), list(subscription.topics), 1,
+            events=events,
+        )  # fmt: skip
+    except pull.QueryFailed:
+        return True  # its delivery job records the failure
+    return bool(page.results)
 
 
 def has_work(subscription_id: int) -> bool:

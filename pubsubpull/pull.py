@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connections
+import psycopg.errors
+from django.db import DatabaseError, OperationalError, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from psycopg import sql as pgsql
 
-from . import registry, topics, wakeups
+from . import conf, registry, topics, wakeups
 from .positions import Position
 from .sql import load, render
+
+# With a filter, one read builds and tests the JSON of at most this many changes (or
+# its limit, if larger): a filter that selects little costs bounded work per read, and
+# the reader's cursor moves on past what it examined.
+SCAN_LIMIT = 5000
+
+
+# errors of evaluating a jsonpath: a missing $variable, a regex or value error
+_FILTER_ERRORS = (psycopg.errors.DataError, psycopg.errors.UndefinedObject)
+
+
+class QueryFailed(ValueError):
+    """A read failed because of what the reader asked for: its filter raised an error
+    or its filter and topics took longer than ``PUBSUBPULL["FILTER_TIMEOUT"]``."""
 
 
 @dataclass(frozen=True)
@@ -20,6 +38,8 @@ class ChangesPage:
     first: Position | None  # position of the first result
     last: Position | None  # position of the last result
     horizon: int  # pg_snapshot_xmin when the page was read
+    # a filtered read stopped at its scan limit: the last change it examined
+    scanned_to: Position | None = None
 
     def cursor(self, after: Position, limit: int) -> Position:
         """Where the next read continues.
@@ -27,11 +47,15 @@ class ChangesPage:
         A short page means the reader has caught up: every change it may see below
         the horizon was read, and every change still to come has ``txid >= horizon``,
         so the cursor can move up to ``(horizon, 0)`` past changes it was not shown.
+        A filtered read cut short by its scan limit examined everything up to
+        ``scanned_to``, so the cursor moves there.
         """
         last = self.last or after
-        if len(self.results) < limit:
-            return max(last, Position(self.horizon, 0))
-        return last
+        if len(self.results) >= limit:
+            return last
+        if self.scanned_to is not None:
+            return max(last, self.scanned_to)
+        return max(last, Position(self.horizon, 0))
 
 
 def now(using: str = "default") -> Position:
@@ -70,7 +94,11 @@ def changes_page(
     until: Position | None = None,
 ) -> ChangesPage:
     """Changes after ``after`` (up to ``until``) below the horizon, of these model labels
-    (and custom events if ``events``), topic patterns and jsonpath ``filter``."""
+    (and custom events if ``events``), topic patterns and jsonpath ``filter``.
+
+    A read with topics or a filter runs under ``PUBSUBPULL["FILTER_TIMEOUT"]``; a filter
+    that fails or a read that takes too long raises :class:`QueryFailed`.
+    """
     params: dict[str, Any] = {
         "after_txid": str(after.txid),
         "after_id": after.id,
@@ -78,17 +106,68 @@ def changes_page(
         "until_id": until.id if until else None,
         "models": models,
         "events": events,
-        "patterns": [topics.to_regex(p) for p in patterns] or None,
+        "topics": topics.any_regex(patterns),
         "filter": filter or None,
+        "scan_limit": max(limit, SCAN_LIMIT) if filter else None,
         "limit": limit,
     }
-    with connections[using].cursor() as cursor:
-        cursor.execute(load("changes_page"), params)
+    query = render("changes_page", matches=load("filter_matches"))
+    seconds = float(conf.get("FILTER_TIMEOUT")) if patterns or filter else None
+    with reader_errors(seconds), time_limit(connections[using], seconds) as cursor:
+        cursor.execute(query, params)
         rows = cursor.fetchall()
-    results = [doc for _, position, doc in rows if position is not None]
-    first = Position.parse(rows[0][1]) if results else None
-    last = Position.parse(rows[-1][1]) if results else None
-    return ChangesPage(results, first, last, int(rows[0][0]))
+    results = [doc for _, _, position, doc in rows if position is not None]
+    first = Position.parse(rows[0][2]) if results else None
+    last = Position.parse(rows[-1][2]) if results else None
+    scanned_to = Position.parse(rows[0][1]) if rows[0][1] else None
+    return ChangesPage(results, first, last, int(rows[0][0]), scanned_to)
+
+
+@contextmanager
+def time_limit(connection: BaseDatabaseWrapper, seconds: float | None) -> Iterator[Any]:
+    """A cursor whose statements are cancelled after ``seconds`` (None: no limit).
+
+    The limit is transaction-local, inside a savepoint when the caller has a transaction
+    open; there it is put back afterwards, so the caller's own statements keep theirs.
+    """
+    if seconds is None:
+        with connection.cursor() as cursor:
+            yield cursor
+        return
+    nested = connection.in_atomic_block
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT current_setting('statement_timeout'), "
+            "set_config('statement_timeout', %s, true)",
+            [str(max(1, round(seconds * 1000)))],
+        )
+        previous = cursor.fetchone()[0]
+        yield cursor
+        if nested:
+            cursor.execute("SELECT set_config('statement_timeout', %s, true)", [previous])
+
+
+@contextmanager
+def reader_errors(seconds: float | None) -> Iterator[None]:
+    """Turn errors caused by a reader's filter or topics into :class:`QueryFailed`;
+    others (the database went away) pass through. ``seconds`` None: a read with
+    neither, where nothing is the reader's fault."""
+    if seconds is None:
+        yield
+        return
+    try:
+        yield
+    except OperationalError as error:
+        if isinstance(error.__cause__, psycopg.errors.QueryCanceled):
+            raise QueryFailed(
+                f"the filter and topics took longer than {conf.get('FILTER_TIMEOUT')} s "
+                "(PUBSUBPULL['FILTER_TIMEOUT']): use a simpler filter or fewer topic patterns"
+            ) from None
+        raise
+    except DatabaseError as error:
+        if isinstance(error.__cause__, _FILTER_ERRORS):
+            raise QueryFailed(f"the filter failed: {str(error).splitlines()[0]}") from None
+        raise
 
 
 def wait_for_changes(

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 from django.db import DatabaseError, connection, transaction
 
-from . import events, pull, registry, targets, topics, webhooks
+from . import conf, events, pull, registry, targets, topics, webhooks
 from .crypto import encrypt
 from .delivery import pending
 from .models import Subscription
 from .positions import InvalidPosition, Position
+from .sql import load, render
 
 NAME = re.compile(r"[-a-zA-Z0-9_]{1,100}")
 FIELDS = {"target", "topics", "filter", "batch_size", "secret", "status", "cursor"}
 LAG_CAP = 10_000
+OWNER_LOCKS = 0x70737073  # first key of the advisory lock taken to create ("psps")
+# What a filter is tried on when saved: a change document with every key a change has.
+SAMPLE_CHANGE = {
+    "id": "1-1", "seq": 1, "topic": "app.model.update", "model": "app.model", "op": "update",
+    "pk": "1", "old": {"id": 1}, "new": {"id": 1}, "fields": ["id"], "request": None,
+    "context": {}, "time": "2026-01-01T00:00:00+00:00",
+}  # fmt: skip
 
 
 class Invalid(Exception):
@@ -65,7 +74,7 @@ def _target(value: Any) -> str:
 def _topics(owner: Any, value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise TypeError('must be a list of topic patterns, e.g. ["shop.order.*"]')
-    patterns = [topics.validate(v) for v in value]
+    patterns = topics.parse(value)
     readable = {t.label for t in pull.readable(owner)}
     for pattern in patterns:
         words = pattern.split(".")
@@ -83,13 +92,25 @@ def _topics(owner: Any, value: Any) -> list[str]:
 
 
 def _filter(value: Any) -> str:
+    """A jsonpath filter, tried on :data:`SAMPLE_CHANGE` as delivery evaluates it (so an
+    undefined ``$variable`` is refused here, not met at delivery), within the limits."""
     if value is None or value == "":
         return ""
     if not isinstance(value, str):
         raise TypeError("must be an SQL/JSON path string, e.g. '$.new.total > 100'")
+    maximum = int(conf.get("MAX_FILTER_LENGTH"))
+    if len(value) > maximum:
+        raise ValueError(
+            f"has {len(value)} characters, more than {maximum} (PUBSUBPULL['MAX_FILTER_LENGTH']): "
+            "subscribe to narrower topics, or use several subscriptions"
+        )
+    query = render("filter_check", matches=load("filter_matches"))
+    seconds = float(conf.get("FILTER_TIMEOUT"))
     try:
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute("SELECT %s::jsonpath", [value])
+        with pull.reader_errors(seconds), pull.time_limit(connection, seconds) as cursor:
+            cursor.execute(query, {"filter": value, "doc": json.dumps(SAMPLE_CHANGE)})
+    except pull.QueryFailed as error:
+        raise ValueError(f"{error} (tried on a sample change)") from None
     except DatabaseError as error:
         message = str(error).splitlines()[0]
         raise ValueError(f"not a valid SQL/JSON path: {message}") from None
@@ -107,7 +128,7 @@ def _secret(value: Any) -> str:
         return ""
     if not isinstance(value, str):
         raise TypeError("must be a 'whsec_...' string")
-    webhooks.sign(value, "check", b"")  # raises InvalidSecret (a ValueError) saying why
+    webhooks.check_secret(value)  # raises InvalidSecret (a ValueError) saying why
     return encrypt(value)
 
 
@@ -138,6 +159,7 @@ def save(owner: Any, name: str, values: dict[str, Any]) -> tuple[Subscription, b
         existing = subscription.first()
         created = existing is None
         if existing is None:
+            _check_room(owner)
             existing = Subscription(owner=owner, name=name, cursor=str(pull.now()))
         for field, value in {**defaults, **values}.items():
             setattr(existing, field, value)
@@ -148,9 +170,33 @@ def save(owner: Any, name: str, values: dict[str, Any]) -> tuple[Subscription, b
     return existing, created
 
 
-def lag(subscription: Subscription) -> int:
-    """Changes below the horizon not yet delivered (counted up to LAG_CAP)."""
-    return len(pending(subscription, LAG_CAP).results)
+def _check_room(owner: Any) -> None:
+    """:class:`Invalid` when the owner has ``PUBSUBPULL["MAX_SUBSCRIPTIONS"]`` already.
+
+    Two creations by one owner take turns (a transaction-level advisory lock on the
+    owner), so concurrent PUTs cannot overshoot the limit.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s::int)", [OWNER_LOCKS, owner.pk])
+    maximum = int(conf.get("MAX_SUBSCRIPTIONS"))
+    if Subscription.objects.filter(owner=owner).count() >= maximum:
+        raise Invalid(
+            {
+                "name": [
+                    f"you have {maximum} subscriptions, the most PUBSUBPULL['MAX_SUBSCRIPTIONS'] "
+                    "allows: delete one, or widen the topics of one you have"
+                ]
+            }
+        )
+
+
+def lag(subscription: Subscription) -> int | None:
+    """Changes below the horizon not yet delivered (counted up to LAG_CAP, and among the
+    changes one read may examine); None when its filter fails or is too slow."""
+    try:
+        return len(pending(subscription, LAG_CAP).results)
+    except pull.QueryFailed:
+        return None
 
 
 def as_json(subscription: Subscription) -> dict[str, Any]:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from . import conf
+
 _WORD = re.compile(r"[A-Za-z0-9_\-]+")
+MAX_LENGTH = 255  # characters of one pattern
 
 
 class InvalidPattern(ValueError):
@@ -16,6 +19,10 @@ def validate(pattern: str) -> str:
     """The pattern, or :class:`InvalidPattern` saying what is wrong with it."""
     if not pattern:
         raise InvalidPattern("a topic pattern may not be empty")
+    if len(pattern) > MAX_LENGTH:
+        raise InvalidPattern(
+            f"{pattern[:40]!r}...: a topic pattern has at most {MAX_LENGTH} characters"
+        )
     for word in pattern.split("."):
         if word not in ("*", "#") and not _WORD.fullmatch(word):
             raise InvalidPattern(
@@ -31,6 +38,19 @@ def to_regex(pattern: str) -> str:
     Prefixing the topic with a dot makes every word ``\\.word``, so ``#`` is simply
     ``(\\.[^.]+)*`` wherever it stands.
     """
+    return "^" + _regex_body(pattern) + "$"
+
+
+def any_regex(patterns: Iterable[str]) -> str | None:
+    """One regular expression matching ``'.' || topic`` for any of ``patterns`` (None
+    for none). One expression, not one per pattern: PostgreSQL caches 32 compiled
+    expressions per connection, and a query with more patterns than that compiled
+    every one of them again for every row (300 patterns: 10 s per page)."""
+    bodies = [_regex_body(pattern) for pattern in patterns]
+    return "^(" + "|".join(bodies) + ")$" if bodies else None
+
+
+def _regex_body(pattern: str) -> str:
     parts = []
     for word in validate(pattern).split("."):
         if word == "#":
@@ -39,14 +59,23 @@ def to_regex(pattern: str) -> str:
             parts.append(r"\.[^.]+")
         else:
             parts.append(r"\." + re.escape(word))
-    return "^" + "".join(parts) + "$"
+    return "".join(parts)
 
 
 def parse(value: str | Iterable[str] | None) -> list[str]:
-    """Patterns from a comma-separated string or a list; [] means all topics."""
+    """Patterns from a comma-separated string or a list; [] means all topics.
+
+    At most ``PUBSUBPULL["MAX_TOPICS"]`` patterns (:class:`InvalidPattern` beyond).
+    """
     if value is None or value == "":
         return []
     items = value.split(",") if isinstance(value, str) else list(value)
+    maximum = int(conf.get("MAX_TOPICS"))
+    if len(items) > maximum:
+        raise InvalidPattern(
+            f"{len(items)} topic patterns: at most {maximum} (PUBSUBPULL['MAX_TOPICS']); "
+            "use wildcards, e.g. 'shop.#' or '*.*.insert'"
+        )
     return [validate(item.strip()) for item in items]
 
 

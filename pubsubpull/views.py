@@ -95,6 +95,11 @@ def api(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
             return ApiError(401, "not_authenticated", str(error)).response()
         except ApiError as error:
             return error.response()
+        except pull.QueryFailed as error:
+            # The caller's topics or filter took too long (or the database is slow).
+            response = ApiError(503, "query_failed", str(error)).response()
+            response["Retry-After"] = str(RETRY_AFTER)
+            return response
         except (OperationalError, InterfaceError) as error:
             # The database is away (restarting, connection terminated): the caller can
             # retry; Django drops the broken connection at the end of the request.
@@ -275,6 +280,7 @@ def subscription(request: HttpRequest, name: str) -> HttpResponse:
             raise ApiError(400, "invalid_json", "the body must be a JSON object") from None
         try:
             values = subscriptions.validate(owner, data)
+            saved, created = subscriptions.save(owner, name, values)
         except subscriptions.Invalid as error:
             response = ApiError(400, "invalid_subscription", "see fields").response()
             response.content = json.dumps(
@@ -285,7 +291,6 @@ def subscription(request: HttpRequest, name: str) -> HttpResponse:
                 }  # fmt: skip
             ).encode()
             return response
-        saved, created = subscriptions.save(owner, name, values)
         transaction.on_commit(lambda: _wake(saved.pk))
         return JsonResponse(subscriptions.as_json(saved), status=201 if created else 200)
     existing = Subscription.objects.filter(owner=owner, name=name).first()

@@ -36,6 +36,8 @@ __all__ = [
     "TOLERANCE",
     "InvalidPayload",
     "InvalidSecret",
+    "MIN_SECRET_BYTES",
+    "check_secret",
     "InvalidSignature",
     "ReceiverView",
     "generate_secret",
@@ -68,6 +70,23 @@ class InvalidPayload(ValueError):
 def generate_secret() -> str:
     """A new random secret: ``whsec_`` followed by base64 of 32 random bytes."""
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+
+
+MIN_SECRET_BYTES = 24  # the Standard Webhooks spec asks for 24 to 64 random bytes
+
+
+def check_secret(secret: str) -> str:
+    """``secret`` if a subscription may use it, else :class:`InvalidSecret` saying why:
+    it must decode and hold at least :data:`MIN_SECRET_BYTES` bytes."""
+    _webhook(secret)
+    text = secret.removeprefix(SECRET_PREFIX)
+    size = len(base64.b64decode(text + "=" * (-len(text) % 4)))
+    if size < MIN_SECRET_BYTES:
+        raise InvalidSecret(
+            f"webhook secret has {size} bytes, fewer than {MIN_SECRET_BYTES}: "
+            "use pubsubpull.webhooks.generate_secret() (32 random bytes)"
+        )
+    return secret
 
 
 def _webhook(secret: str) -> Webhook:
