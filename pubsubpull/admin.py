@@ -1,11 +1,14 @@
-"""Admin: the change log and requests, read-only."""
+"""Admin: the change log and requests, read-only; subscriptions, edited by the API's rules."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin
-from django.db.models import QuerySet
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.db.models import ForeignKey, QuerySet
 from django.http import HttpRequest
 
 from . import subscriptions
@@ -70,10 +73,77 @@ class RequestAdmin(ReadOnlyAdmin):
     inlines = [ChangeInline]
 
 
+#: What a local receiver's code sets (``@pubsubpull.on``, written by ``receivers.sync()``).
+RECEIVER_FIELDS = ("owner", "name", "target", "topics", "filter")
+#: The fields the admin checks with the API's rules (:func:`subscriptions.validate`).
+VALIDATED_FIELDS = ("target", "topics", "filter", "batch_size", "cursor")
+
+
+class SubscriptionForm(forms.ModelForm):  # type: ignore[type-arg]
+    """A subscription as the admin edits it, checked by the API's rules.
+
+    ``clean()`` passes the target, topics, filter, batch size and cursor to
+    :func:`subscriptions.validate` with the subscription's owner (the form's owner when it
+    edits one, i.e. on the add form), so the admin accepts what a PUT accepts: no
+    ``python:`` target, no private or metadata address, only topics the owner may view.
+    """
+
+    class Meta:
+        model = Subscription
+        fields = ["owner", "name", "target", "topics", "filter", "batch_size", "status", "cursor"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "owner" in self.fields:  # the model allows none for local receivers, made in code
+            self.fields["owner"].required = True
+            self.fields["owner"].help_text = "it reads only what the owner may view"
+
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        cleaned = self.cleaned_data
+        owner = cleaned.get("owner") if "owner" in self.fields else self.instance.owner
+        sent = {field: cleaned[field] for field in VALIDATED_FIELDS if field in cleaned}
+        if "topics" in sent:
+            if owner is None:  # no valid owner chosen: its field says so
+                del sent["topics"]
+            elif sent["topics"] is None:  # an empty box: all topics, as when a PUT omits them
+                sent["topics"] = []
+        try:
+            values = subscriptions.validate(owner, sent)
+        except subscriptions.Invalid as invalid:
+            for field, messages in invalid.errors.items():
+                if field in sent:
+                    self.add_error(field, messages)
+                elif field not in VALIDATED_FIELDS:
+                    self.add_error(None, [f"{field}: {message}" for message in messages])
+                # else a field not sent: read-only (a receiver's target) or already refused
+        else:
+            cleaned.update(values)  # normalised as the API stores them
+        return cleaned
+
+    def validate_unique(self) -> None:
+        super().validate_unique()
+        if "owner" not in self.fields and "name" in self.fields:
+            # Django skips the (owner, name) constraint when the owner is not a form field.
+            exclude = {field.name for field in Subscription._meta.fields} - {"owner", "name"}
+            try:
+                self.instance.validate_constraints(exclude=exclude)
+            except ValidationError as error:
+                self.add_error(None, error)
+
+
 @admin.register(Subscription)
 class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    """Subscriptions with their lag and last error; the secret is never shown."""
+    """Subscriptions with their lag and last error; the secret is never shown.
 
+    Edits follow the API's rules (:class:`SubscriptionForm`). The owner is chosen once, on
+    the add form: delivery reads with its permissions, so it is read-only afterwards, and
+    staff who are not superusers may only make subscriptions they own. A local receiver's
+    target, topics and filter come from its code; only its status, cursor and batch size
+    are edited here.
+    """
+
+    form = SubscriptionForm
     list_display = ["name", "owner", "target", "status", "lag", "failures", "last_error"]
     list_filter = ["status"]
     search_fields = ["name", "target", "owner__username"]
@@ -86,6 +156,25 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     ]  # fmt: skip
     actions = ["pause", "resume", "replay_from_start"]
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        readonly = list(super().get_readonly_fields(request, obj))
+        if obj is None:
+            return readonly
+        if obj.owner_id is None:  # a local receiver
+            return [*RECEIVER_FIELDS, *readonly]
+        return ["owner", *readonly]
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        return {"owner": request.user.pk, **super().get_changeform_initial_data(request)}
+
+    def formfield_for_foreignkey(
+        self, db_field: ForeignKey[Any, Any], request: HttpRequest, **kwargs: Any
+    ) -> forms.ModelChoiceField[Any] | None:
+        if db_field.name == "owner" and not request.user.is_superuser:
+            # Delivery reads with the owner's permissions: lend no one else's.
+            kwargs["queryset"] = get_user_model()._default_manager.filter(pk__in=[request.user.pk])
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
     def save_model(self, request: HttpRequest, obj: Subscription, form: Any, change: bool) -> None:
         if "cursor" in form.changed_data:  # a replay: the batch in flight no longer applies
             obj.batch_id = obj.batch_end = ""
@@ -94,7 +183,7 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         super().save_model(request, obj, form, change)
 
     @admin.display(description="lag")
-    def lag(self, subscription: Subscription) -> int:
+    def lag(self, subscription: Subscription) -> int | None:
         return subscriptions.lag(subscription)
 
     @admin.action(description="Pause the selected subscriptions")

@@ -1,12 +1,21 @@
-"""Admin: the change log and requests are browsable and read-only."""
+"""Admin: the change log and requests are browsable and read-only; subscription edits
+follow the API's rules, also for staff who are not superusers."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
+from django.http import HttpResponse
 from django.test import Client
 
-from pubsubpull.models import Change, Request
+import pubsubpull
+from pubsubpull import receivers, subscriptions
+from pubsubpull.crypto import encrypt
+from pubsubpull.models import Change, Request, Subscription
+from pubsubpull.webhooks import generate_secret
 
 pytestmark = pytest.mark.django_db
 
@@ -51,3 +60,294 @@ def test_request_page_shows_its_changes(staff: Client) -> None:
     assert "/shop/customers/" in content
     assert "shop.customer.insert" in content
     assert staff.get("/admin/pubsubpull/request/").status_code == 200
+
+
+# -- subscriptions, edited by staff with only the subscription permissions ----------------
+
+HOOK = "http://127.0.0.1:8001/hook"  # under ALLOWED_TARGETS in test_project.settings
+
+
+def user_with(username: str, *permissions: str, staff: bool = False) -> User:
+    """A user (not a superuser) with these ``app_label.codename`` permissions."""
+    user = User.objects.create_user(username, is_staff=staff)  # no password: force_login
+    for permission in permissions:
+        app_label, codename = permission.split(".")
+        user.user_permissions.add(
+            Permission.objects.get(content_type__app_label=app_label, codename=codename)
+        )
+    return user
+
+
+@pytest.fixture
+def clerk() -> User:
+    """Staff who may add, change and view subscriptions, and view customers: nothing else."""
+    return user_with(
+        "clerk",
+        "pubsubpull.add_subscription", "pubsubpull.change_subscription",
+        "pubsubpull.view_subscription", "shop.view_customer",
+        staff=True,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def clerk_client(clerk: User) -> Client:
+    client = Client()
+    client.force_login(clerk)
+    return client
+
+
+@pytest.fixture
+def alice() -> User:
+    """A subscriber who may view customers but not orders."""
+    return user_with("alice", "shop.view_customer")
+
+
+@pytest.fixture
+def subscription(alice: User) -> Subscription:
+    return Subscription.objects.create(
+        owner=alice, name="customers", target=HOOK, topics=["shop.customer.*"], cursor="5-7"
+    )
+
+
+def url(subscription: Subscription | None = None) -> str:
+    if subscription is None:
+        return "/admin/pubsubpull/subscription/add/"
+    return f"/admin/pubsubpull/subscription/{subscription.pk}/change/"
+
+
+def form(subscription: Subscription, **changes: Any) -> dict[str, Any]:
+    """The change form's POST data as the admin shows it, with ``changes``."""
+    data: dict[str, Any] = {
+        "name": subscription.name,
+        "target": subscription.target,
+        "topics": json.dumps(subscription.topics),
+        "filter": subscription.filter,
+        "batch_size": subscription.batch_size,
+        "status": subscription.status,
+        "cursor": subscription.cursor,
+    }
+    return {**data, **changes}
+
+
+def row(subscription: Subscription) -> dict[str, Any]:
+    """The subscription's database row."""
+    return Subscription.objects.filter(pk=subscription.pk).values().get()
+
+
+def errors(response: HttpResponse) -> dict[str, list[str]]:
+    """The admin form's errors (the page is shown again, nothing saved)."""
+    assert response.status_code == 200, response.status_code
+    return dict(response.context["adminform"].form.errors)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "python:builtins.print",  # the worker would import and call it
+        "http://169.254.169.254/latest/meta-data/",  # cloud metadata
+        "https://169.254.169.254/latest/meta-data/",
+        "https://[::ffff:169.254.169.254]/latest/meta-data/",
+        "https://127.0.0.1/hook",  # loopback, https: not under the http:// prefix
+        "http://127.0.0.2:8001/hook",  # loopback, another address than the allowed one
+        "http://[::1]:8001/hook",
+        "https://localhost/hook",
+        "http://10.0.0.1/hook",  # private
+    ],
+)
+def test_change_to_a_refused_target_saves_nothing(
+    clerk_client: Client, subscription: Subscription, target: str
+) -> None:
+    before = row(subscription)
+    response = clerk_client.post(url(subscription), form(subscription, target=target))
+    assert list(errors(response)) == ["target"]
+    assert row(subscription) == before
+
+
+def test_add_with_a_python_target_saves_nothing(clerk_client: Client, clerk: User) -> None:
+    data = {"owner": clerk.pk, "name": "printer", "target": "python:builtins.print",
+            "topics": "[]", "filter": "", "batch_size": 100, "status": "active",
+            "cursor": "0-0"}  # fmt: skip
+    response = clerk_client.post(url(), data)
+    assert "is not an absolute http(s) URL" in errors(response)["target"][0]
+    assert not Subscription.objects.exists()
+
+
+def test_owner_cannot_be_changed(
+    clerk_client: Client, clerk: User, subscription: Subscription
+) -> None:
+    page = clerk_client.get(url(subscription)).content.decode()
+    assert 'name="owner"' not in page and "alice" in page  # shown, not editable
+    response = clerk_client.post(url(subscription), form(subscription, owner=clerk.pk))
+    assert response.status_code == 302
+    assert row(subscription)["owner_id"] == subscription.owner_id
+
+
+def test_add_needs_an_owner_and_staff_may_only_lend_their_own_permissions(
+    clerk_client: Client, clerk: User, alice: User
+) -> None:
+    data = {"name": "mine", "target": HOOK, "topics": '["shop.customer.*"]', "filter": "",
+            "batch_size": 100, "status": "active", "cursor": "0-0"}  # fmt: skip
+    assert clerk_client.get(url()).context["adminform"].form.initial["owner"] == clerk.pk
+    assert "owner" in errors(clerk_client.post(url(), data))  # required
+    root = User.objects.create_superuser("root", password=None)
+    for other in (root, alice):  # a superuser would read everything
+        assert "owner" in errors(clerk_client.post(url(), {**data, "owner": other.pk}))
+    assert not Subscription.objects.exists()
+
+    response = clerk_client.post(url(), {**data, "owner": clerk.pk, "topics": ""})
+    assert response.status_code == 302
+    mine = Subscription.objects.get()
+    assert (mine.owner, mine.topics) == (clerk, [])  # an empty box: all topics, as in the API
+
+    superuser = Client()
+    superuser.force_login(root)
+    response = superuser.post(url(), {**data, "name": "alices", "owner": alice.pk})
+    assert response.status_code == 302
+    assert Subscription.objects.get(name="alices").owner == alice
+
+
+def test_topics_are_bounded_by_what_the_owner_may_view(
+    clerk_client: Client, clerk: User, subscription: Subscription
+) -> None:
+    clerk.user_permissions.add(Permission.objects.get(codename="view_order"))  # not alice
+    before = row(subscription)
+    response = clerk_client.post(url(subscription), form(subscription, topics='["shop.order.*"]'))
+    assert errors(response) == {"topics": ["'shop.order.*': you may not view shop.order"]}
+    response = clerk_client.post(url(subscription), form(subscription, topics='["shop.note.*"]'))
+    assert "shop.note is not tracked" in errors(response)["topics"][0]
+    response = clerk_client.post(url(subscription), form(subscription, topics='"shop.#"'))
+    assert "must be a list of topic patterns" in errors(response)["topics"][0]
+    assert row(subscription) == before
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("filter", "$.new.total >", "not a valid SQL/JSON path"),
+        ("batch_size", 5000, "must be an integer from 1 to 1000"),
+        ("cursor", "the-start", "is not a position"),
+    ],
+)
+def test_filter_batch_size_and_cursor_follow_the_api(
+    clerk_client: Client, subscription: Subscription, field: str, value: Any, message: str
+) -> None:
+    before = row(subscription)
+    response = clerk_client.post(url(subscription), form(subscription, **{field: value}))
+    assert message in " ".join(errors(response)[field])
+    assert row(subscription) == before
+
+
+def test_an_error_on_no_field_of_the_form_is_still_shown(
+    clerk_client: Client, subscription: Subscription, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(owner: Any, data: Any) -> dict[str, Any]:
+        raise subscriptions.Invalid({"body": ["refused as a whole"]})
+
+    monkeypatch.setattr(subscriptions, "validate", refuse)  # a rule the form does not know
+    before = row(subscription)
+    response = clerk_client.post(url(subscription), form(subscription, batch_size=50))
+    assert errors(response) == {"__all__": ["body: refused as a whole"]}
+    assert row(subscription) == before
+
+
+def test_a_valid_edit_saves_as_the_api_would(
+    clerk_client: Client, subscription: Subscription
+) -> None:
+    changes = {"target": "HTTP://127.0.0.1:9000/other", "topics": '["shop.customer.insert"]',
+               "filter": "$.new.active == true", "batch_size": 50, "status": "paused"}  # fmt: skip
+    response = clerk_client.post(url(subscription), form(subscription, **changes))
+    assert response.status_code == 302
+    subscription.refresh_from_db()
+    assert subscription.target == "http://127.0.0.1:9000/other"  # normalised by check_target
+    assert subscription.topics == ["shop.customer.insert"]
+    assert (subscription.filter, subscription.batch_size) == ("$.new.active == true", 50)
+    assert subscription.status == "paused"
+
+
+def test_a_name_taken_by_the_same_owner_is_a_form_error(
+    clerk_client: Client, alice: User, subscription: Subscription
+) -> None:
+    Subscription.objects.create(owner=alice, name="orders", target=HOOK)
+    response = clerk_client.post(url(subscription), form(subscription, name="orders"))
+    assert "already exists" in " ".join(errors(response)["__all__"])
+    assert row(subscription)["name"] == "customers"
+
+
+def test_replay_drops_the_batch_in_flight_and_resume_clears_failures(
+    clerk_client: Client, subscription: Subscription
+) -> None:
+    Subscription.objects.filter(pk=subscription.pk).update(
+        batch_id="b1", batch_end="9-9", status="failing", failures=3, last_error="500"
+    )
+    subscription.refresh_from_db()
+    response = clerk_client.post(url(subscription), form(subscription, cursor="0-0"))
+    assert response.status_code == 302
+    after = row(subscription)
+    assert (after["cursor"], after["batch_id"], after["batch_end"]) == ("0-0", "", "")
+    assert (after["status"], after["failures"]) == ("failing", 3)
+
+    response = clerk_client.post(url(subscription), form(subscription, status="active"))
+    assert response.status_code == 302
+    after = row(subscription)
+    assert (after["status"], after["failures"], after["last_error"]) == ("active", 0, "")
+
+
+def test_the_secret_is_never_shown(clerk_client: Client, subscription: Subscription) -> None:
+    secret = generate_secret()
+    Subscription.objects.filter(pk=subscription.pk).update(secret=encrypt(secret))
+    page = clerk_client.get(url(subscription)).content.decode()
+    assert 'name="secret"' not in page
+    assert secret not in page and row(subscription)["secret"] not in page
+
+
+def test_actions_still_work_for_staff(clerk_client: Client, subscription: Subscription) -> None:
+    response = clerk_client.post(
+        "/admin/pubsubpull/subscription/",
+        {"action": "pause", "_selected_action": [subscription.pk]},
+    )
+    assert response.status_code == 302
+    assert row(subscription)["status"] == "paused"
+
+
+def receive(changes: list[dict[str, Any]]) -> None:
+    """A local receiver, registered by the test that needs it."""
+
+
+@pytest.fixture
+def receiver(monkeypatch: pytest.MonkeyPatch) -> Subscription:
+    """The subscription ``receivers.sync()`` makes for an ``@pubsubpull.on`` function."""
+    monkeypatch.setattr(receivers, "_receivers", {})
+    pubsubpull.on("shop.customer.*", filter="$.new.active == true")(receive)
+    receivers.sync()
+    return Subscription.objects.get(owner=None)
+
+
+def test_receivers_code_owned_fields_cannot_change_but_it_can_be_paused(
+    clerk_client: Client, clerk: User, receiver: Subscription
+) -> None:
+    assert receiver.target == "python:tests.test_admin.receive"
+    page = clerk_client.get(url(receiver)).content.decode()
+    for field in ("owner", "name", "target", "topics", "filter"):
+        assert f'name="{field}"' not in page
+    assert 'name="status"' in page and 'name="cursor"' in page
+    before = row(receiver)
+
+    attack = {"owner": clerk.pk, "name": "renamed", "target": "python:builtins.print",
+              "topics": '["shop.#"]', "filter": ""}  # fmt: skip
+    response = clerk_client.post(url(receiver), form(receiver, status="paused", **attack))
+    assert response.status_code == 302
+    after = row(receiver)
+    assert after["status"] == "paused"
+    assert {k: after[k] for k in before if k not in ("status", "updated")} == {
+        k: v for k, v in before.items() if k not in ("status", "updated")
+    }
+
+
+def test_receiver_replay_follows_the_api(clerk_client: Client, receiver: Subscription) -> None:
+    before = row(receiver)
+    response = clerk_client.post(url(receiver), form(receiver, cursor="yesterday"))
+    assert "is not a position" in errors(response)["cursor"][0]
+    assert row(receiver) == before
+    response = clerk_client.post(url(receiver), form(receiver, cursor="0-0"))
+    assert response.status_code == 302
+    assert row(receiver)["cursor"] == "0-0"
