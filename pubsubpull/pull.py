@@ -23,8 +23,11 @@ from .sql import load, render
 SCAN_LIMIT = 5000
 
 
-# errors of evaluating a jsonpath: a missing $variable, a regex or value error
-_FILTER_ERRORS = (psycopg.errors.DataError, psycopg.errors.UndefinedObject)
+# errors of a jsonpath filter: a missing $variable, a regex or value error, or a
+# stored filter that does not parse (saved by SQL or before filters were checked)
+_FILTER_ERRORS = (
+    psycopg.errors.DataError, psycopg.errors.UndefinedObject, psycopg.errors.SyntaxError
+)  # fmt: skip
 
 
 class QueryFailed(ValueError):
