@@ -37,8 +37,17 @@ DEFAULTS: dict[str, Any] = {
     # record the query string of writing requests (values of REDACT_QUERY names hidden)
     "REQUEST_QUERY": False,
     "REDACT_QUERY": [
-        "access_token", "api_key", "apikey", "auth", "code", "key", "password", "secret",
-        "sig", "signature", "token",
+        "access_token",
+        "api_key",
+        "apikey",
+        "auth",
+        "code",
+        "key",
+        "password",
+        "secret",
+        "sig",
+        "signature",
+        "token",
     ],  # fmt: skip
 }
 
