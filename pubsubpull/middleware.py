@@ -7,13 +7,47 @@ import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase
 from django.utils import timezone
+from django.utils.encoding import escape_uri_path, iri_to_uri
 
+from . import conf
 from .metadata import RequestInfo, State, current, enter, leave
 from .models import Request
+
+MAX_PATH = 2000  # characters of Request.path
+REDACTED = "REDACTED"
+
+
+def recorded_path(request: HttpRequest) -> str:
+    """The path a ``Request`` row records: readers of the changed models see it.
+
+    Without its query string, which often carries secrets (``?api_key=``,
+    ``?reset_token=``), unless ``PUBSUBPULL["REQUEST_QUERY"]``; then the values of
+    parameters whose name contains a ``PUBSUBPULL["REDACT_QUERY"]`` entry (any case)
+    are recorded as ``REDACTED``.
+    """
+    path = escape_uri_path(request.path)
+    query = iri_to_uri(request.META.get("QUERY_STRING", ""))
+    if query and conf.get("REQUEST_QUERY"):
+        path += "?" + redact_query(query, conf.get("REDACT_QUERY"))
+    return path[:MAX_PATH]
+
+
+def redact_query(query: str, names: list[str]) -> str:
+    """``query`` with the values of parameters whose name contains one of ``names``
+    (case-insensitive) replaced by ``REDACTED``; names, order and blank values kept."""
+    hidden = [name.lower() for name in names if name]
+    pairs = parse_qsl(
+        query, keep_blank_values=True, encoding=settings.DEFAULT_CHARSET, errors="replace"
+    )
+    return urlencode(
+        [(k, REDACTED if any(h in k.lower() for h in hidden) else v) for k, v in pairs]
+    )
 
 
 class RequestMiddleware:
@@ -25,7 +59,8 @@ class RequestMiddleware:
 
     Override :meth:`get_metadata` to record more (it must return JSON-serialisable
     values; ``id``, ``method``, ``path``, ``user_id``, ``username`` and ``started`` are
-    the ``Request`` columns).
+    the ``Request`` columns). The path has no query string unless
+    ``PUBSUBPULL["REQUEST_QUERY"]``, and then its secrets are redacted (:func:`recorded_path`).
     """
 
     sync_capable = True
@@ -42,7 +77,7 @@ class RequestMiddleware:
         return {
             "id": str(uuid.uuid4()),
             "method": request.method or "",
-            "path": request.get_full_path()[:2000],
+            "path": recorded_path(request),
             "started": timezone.now().isoformat(),
             "username": "",
         }
