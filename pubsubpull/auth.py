@@ -1,15 +1,28 @@
-"""Who is calling: Django session, HTTP Basic, or ``Authorization: Bearer <token>``."""
+"""Who is calling: Django session, HTTP Basic, or ``Authorization: Bearer <token>``.
+
+Failed credential attempts are counted per client address (``REMOTE_ADDR``) in Django's
+cache: past ``FAILURE_LIMIT`` failures within ``FAILURE_WINDOW`` seconds, requests from
+that address with credentials are refused (:class:`Throttled`) without checking them,
+until the window ends. Behind a reverse proxy ``REMOTE_ADDR`` is the proxy's: set it
+from ``X-Forwarded-For`` in a middleware of your own that trusts only your proxies (this
+module never reads that header, which any client can send). The count is per process
+with Django's default local-memory cache: with several processes, set ``CACHES`` to a
+shared cache (Redis, Memcached) for one count per address.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import hashlib
+import math
 import secrets
+import time
 from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth import authenticate as authenticate_password
+from django.core.cache import cache
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -17,9 +30,28 @@ from .models import Token
 
 TOKEN_PREFIX = "psp_"
 
+# A wrong password costs a password hash (about 0.3 s of CPU with Django's default
+# PBKDF2): an address past FAILURE_LIMIT failed attempts (Basic or Bearer) within
+# FAILURE_WINDOW seconds of its first one is refused without checking, until the window
+# ends. A success does not reset the count: a valid account would otherwise let its holder
+# guess others' passwords without limit.
+FAILURE_LIMIT = 10
+FAILURE_WINDOW = 60  # seconds, an int (cache timeouts)
+CACHE_PREFIX = "pubsubpull:auth-failures:"
+
 
 class AuthenticationFailed(Exception):
     """Credentials were given but are wrong (401, never a fallback to anonymous)."""
+
+
+class Throttled(AuthenticationFailed):
+    """Too many failed attempts from the caller's address: retry in ``retry_after`` s (429)."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            f"too many failed authentication attempts from this address: retry in {retry_after} s"
+        )
+        self.retry_after = retry_after
 
 
 def digest(token: str) -> str:
@@ -35,13 +67,20 @@ def create_token(user: Any, name: str = "") -> tuple[Token, str]:
 
 
 def authenticate(request: HttpRequest) -> Any | None:
-    """The calling user, None when no credentials came, or :class:`AuthenticationFailed`."""
+    """The calling user, None when no credentials came, or :class:`AuthenticationFailed`
+    (:class:`Throttled` when the caller's address failed too often; see the module)."""
     header = request.headers.get("Authorization", "")
     scheme, _, credentials = header.partition(" ")
-    if scheme.lower() == "bearer":
-        return _token_user(credentials.strip())
-    if scheme.lower() == "basic":
-        return _basic_user(request, credentials.strip())
+    if scheme.lower() in ("bearer", "basic"):
+        address = request.META.get("REMOTE_ADDR") or ""
+        _check_throttle(address)
+        try:
+            if scheme.lower() == "bearer":
+                return _token_user(credentials.strip())
+            return _basic_user(request, credentials.strip())
+        except AuthenticationFailed:
+            _count_failure(address)
+            raise
     if header:
         raise AuthenticationFailed("unsupported Authorization scheme: use Bearer or Basic")
     user = getattr(request, "user", None)
@@ -60,10 +99,47 @@ def _token_user(text: str) -> Any:
 
 def _basic_user(request: HttpRequest, credentials: str) -> Any:
     try:
-        username, _, password = base64.b64decode(credentials).decode().partition(":")
+        decoded = base64.b64decode(credentials, validate=True).decode()
     except (binascii.Error, UnicodeDecodeError):
         raise AuthenticationFailed("malformed Basic credentials") from None
+    username, colon, password = decoded.partition(":")
+    if not colon:  # not "user:password": refused without hashing a password
+        raise AuthenticationFailed("malformed Basic credentials")
     user = authenticate_password(request, username=username, password=password)
     if user is None:
         raise AuthenticationFailed("invalid username or password")
     return user
+
+
+def _keys(address: str) -> tuple[str, str]:
+    """Cache keys of an address's window start and of the failures counted in it."""
+    # Hashed: any text fits a cache key (memcached refuses spaces and long keys).
+    key = CACHE_PREFIX + hashlib.sha256(address.encode()).hexdigest()[:32]
+    return key, key + ":count"
+
+
+def _check_throttle(address: str) -> None:
+    start_key, count_key = _keys(address)
+    start = cache.get(start_key)
+    if start is None:
+        return  # no failure in the current window: one cache read for a valid caller
+    left = start + FAILURE_WINDOW - time.time()
+    if left > 0 and cache.get(f"{count_key}:{start}", 0) >= FAILURE_LIMIT:
+        raise Throttled(retry_after=max(1, math.ceil(left)))
+
+
+def _count_failure(address: str) -> None:
+    start_key, count_key = _keys(address)
+    # The window starts at the first failure and ends with the start key. add() is atomic
+    # and sets its timeout on every cache backend (incr() keeps it on some only), and a
+    # count keyed by its window's start goes with it.
+    cache.add(start_key, time.time(), FAILURE_WINDOW)
+    start = cache.get(start_key)
+    if start is None:  # expired between the two calls
+        return
+    key = f"{count_key}:{start}"
+    cache.add(key, 0, FAILURE_WINDOW)
+    try:
+        cache.incr(key)
+    except ValueError:  # evicted or expired since add()
+        cache.add(key, 1, FAILURE_WINDOW)
