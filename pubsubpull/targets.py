@@ -5,7 +5,13 @@ A target is accepted when it starts with a prefix in ``PUBSUBPULL["ALLOWED_TARGE
 ``http://127.0.0.1:``), or when it is https and every address its host resolves to is
 public. Private, loopback, link-local (cloud metadata), multicast, reserved, unspecified,
 shared (carrier-grade NAT), site-local and unique-local addresses are refused, also when
-wrapped in IPv6 (IPv4-mapped, 6to4, NAT64).
+wrapped in IPv6 (IPv4-mapped, 6to4, NAT64). Paths with ``.`` or ``..`` segments (also
+percent-encoded, such as ``%2e%2e``) or an encoded ``/`` or ``\\`` (``%2f``, ``%5c``) are
+refused: a receiver that decodes them could serve a path outside an allowed prefix.
+
+At delivery time :func:`check_at_delivery` resolves the host once and returns the checked
+addresses, so the connection goes to an address that was checked (``transport.py``), not to
+whatever a second lookup answers (DNS rebinding).
 
 Host names are resolved through the module-level :data:`resolver`, which tests replace.
 """
@@ -23,8 +29,10 @@ from pubsubpull import conf
 
 __all__ = [
     "MAX_LENGTH",
+    "Destination",
     "TargetNotAllowed",
     "check_addresses_at_delivery",
+    "check_at_delivery",
     "check_target",
     "prefix_problem",
     "resolve_host",
@@ -39,6 +47,7 @@ _WHAT_TO_DO = (
     "targets must be https to a public address, "
     "or start with a prefix in PUBSUBPULL['ALLOWED_TARGETS']"
 )
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 _SHARED = ipaddress.IPv4Network("100.64.0.0/10")
 _THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
 _METADATA = ipaddress.IPv4Address("169.254.169.254")
@@ -49,6 +58,10 @@ _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 # A host whose last label looks numeric is meant as an IPv4 address; resolvers accept
 # shorthand such as 127.1, 0x7f.1 or 2130706433 for 127.0.0.1, so only dotted quads pass.
 _NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
+# A percent-encoded "/" or "\\": servers and proxies may decode it into a path separator.
+_ENCODED_SEPARATOR = re.compile(r"%(2f|5c)", re.IGNORECASE)
+# A server or proxy may decode a path more than once (%252e -> %2e -> .): look this deep.
+_DECODE_ROUNDS = 3
 
 
 class TargetNotAllowed(ValueError):
@@ -79,10 +92,26 @@ class _Target:
     rest: str  # path (at least "/") and query
 
     @property
-    def url(self) -> str:
+    def authority(self) -> str:
+        """``host[:port]``, IPv6 addresses in brackets."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        port = "" if self.port is None else f":{self.port}"
-        return f"{self.scheme}://{host}{port}{self.rest}"
+        return host if self.port is None else f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.authority}{self.rest}"
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A target checked at delivery time, and the addresses a connection to it may use."""
+
+    url: str  # normalised, as check_target returns it
+    scheme: str  # "http" or "https"
+    host: str  # host name or IP address, without brackets: TLS server name and Host header
+    port: int  # the URL's port, or the scheme's default
+    authority: str  # host[:port] as the URL writes it: the Host header
+    addresses: tuple[str, ...]  # checked IP addresses, in the resolver's order of preference
 
 
 @dataclass(frozen=True)
@@ -105,30 +134,44 @@ def check_target(url: str, allowed: Sequence[str] | None = None, resolve: bool =
     resolved (all addresses) unless ``resolve`` is false (syntax-only check).
     """
     target = _parse(url)
-    if any(_under(target, prefix) for prefix in _prefixes(allowed)):
-        return target.url
-    if target.scheme != "https":
-        raise TargetNotAllowed(
-            f"{target.url} is not https and not under a prefix in "
-            "PUBSUBPULL['ALLOWED_TARGETS']: use https to a public address, "
-            "or add a prefix covering it to PUBSUBPULL['ALLOWED_TARGETS']"
-        )
-    literal = _ip_literal(target.host)
-    if literal is not None:
-        _check_address(target.url, literal, "points to")
-    elif target.host == "localhost" or target.host.endswith(".localhost"):
-        raise TargetNotAllowed(f"{target.url} names localhost, a loopback address: {_WHAT_TO_DO}")
-    elif resolve:
-        for address in _resolve(target):
-            _check_address(target.url, address, "resolves to")
+    if not _is_allowed(target, allowed):
+        _check_public(target, resolve)
     return target.url
+
+
+def check_at_delivery(url: str) -> Destination:
+    """Check ``url`` right before sending to it and return where to connect.
+
+    The host is resolved once, here; the caller must connect to one of the returned
+    ``addresses`` and not resolve the name again, so a name that answers a public address
+    to this check and a private one to the next lookup (DNS rebinding) cannot reach the
+    private one. Every address must be public unless the URL is under a prefix in
+    ``PUBSUBPULL["ALLOWED_TARGETS"]``; names under such a prefix are still resolved once
+    and pinned. Raises :class:`TargetNotAllowed`.
+    """
+    target = _parse(url)
+    if _is_allowed(target, None):
+        literal = _ip_literal(target.host)
+        addresses = [literal] if literal is not None else _resolve(target)
+    else:
+        addresses = _check_public(target, resolve=True)
+    return Destination(
+        url=target.url,
+        scheme=target.scheme,
+        host=target.host,
+        port=target.port or _DEFAULT_PORTS[target.scheme],
+        authority=target.authority,
+        addresses=tuple(dict.fromkeys(str(address) for address in addresses)),
+    )
 
 
 def check_addresses_at_delivery(url: str) -> None:
     """Check ``url`` again right before sending to it; raise :class:`TargetNotAllowed` if refused.
 
     The host is resolved anew, so a name that turned private since the subscription was
-    saved (DNS rebinding) is refused. URLs under an allowed prefix pass.
+    saved is refused. URLs under an allowed prefix pass. This does not pin the address the
+    connection then uses: send with ``pubsubpull.transport.put``, which calls
+    :func:`check_at_delivery`.
     """
     check_target(url)
 
@@ -187,11 +230,36 @@ def _parse(url: str) -> _Target:
     _check_host_syntax(url, host, bracketed=parts.netloc.startswith("["))
     if port == 0:
         raise TargetNotAllowed(f"{url} has port 0: give a port from 1 to 65535")
-    segments = [unquote(segment) for segment in parts.path.split("/")]
-    if "." in segments or ".." in segments:
-        raise TargetNotAllowed(f"{url} has '.' or '..' path segments: remove them")
+    _check_path(url, parts.path)
     rest = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return _Target(scheme=scheme, host=host, port=port, rest=rest)
+
+
+def _check_path(url: str, path: str) -> None:
+    """Refuse paths that could leave an allowed prefix once a server or proxy decodes them.
+
+    ``/hooks/..%2fadmin`` starts with ``/hooks/`` but a server that decodes ``%2f`` before
+    normalising serves ``/admin``. Refused: ``.`` and ``..`` segments, also percent-encoded
+    (``%2e``, any case, ``..;`` as Tomcat reads it) or double-encoded, and an encoded ``/``
+    or ``\\`` anywhere in the path.
+    """
+    text = path
+    for _ in range(_DECODE_ROUNDS):
+        if _ENCODED_SEPARATOR.search(text):
+            raise TargetNotAllowed(
+                f"{url} has an encoded '/' or '\\' (%2F or %5C, in any case) in its path: "
+                "write the path without them; a receiver may decode them into separators"
+            )
+        decoded = unquote(text)
+        segments = re.split(r"[/\\]", decoded)
+        if any(segment.split(";")[0] in (".", "..") for segment in segments):
+            raise TargetNotAllowed(
+                f"{url} has '.' or '..' path segments (also when percent-encoded, such as "
+                "%2e%2e): remove them and write the path the receiver serves"
+            )
+        if decoded == text:
+            return
+        text = decoded
 
 
 def _check_host_syntax(url: str, host: str, bracketed: bool) -> None:
@@ -227,9 +295,39 @@ def _ip_literal(host: str) -> IPAddress | None:
         return None
 
 
+def _is_allowed(target: _Target, allowed: Sequence[str] | None) -> bool:
+    """Whether ``target`` is under a prefix of ``allowed`` (default: the setting)."""
+    return any(_under(target, prefix) for prefix in _prefixes(allowed))
+
+
+def _check_public(target: _Target, resolve: bool) -> list[IPAddress]:
+    """Refuse ``target`` unless it is https to public addresses; return the addresses checked.
+
+    Without ``resolve`` a host name is checked for syntax only and no address is returned.
+    """
+    if target.scheme != "https":
+        raise TargetNotAllowed(
+            f"{target.url} is not https and not under a prefix in "
+            "PUBSUBPULL['ALLOWED_TARGETS']: use https to a public address, "
+            "or add a prefix covering it to PUBSUBPULL['ALLOWED_TARGETS']"
+        )
+    literal = _ip_literal(target.host)
+    if literal is not None:
+        _check_address(target.url, literal, "points to")
+        return [literal]
+    if target.host == "localhost" or target.host.endswith(".localhost"):
+        raise TargetNotAllowed(f"{target.url} names localhost, a loopback address: {_WHAT_TO_DO}")
+    if not resolve:
+        return []
+    addresses = _resolve(target)
+    for address in addresses:
+        _check_address(target.url, address, "resolves to")
+    return addresses
+
+
 def _resolve(target: _Target) -> list[IPAddress]:
     """Every address the target's host resolves to; refuse names that do not resolve."""
-    port = target.port or (443 if target.scheme == "https" else 80)
+    port = target.port or _DEFAULT_PORTS[target.scheme]
     try:
         found = resolver(target.host, port)
     except (OSError, UnicodeError) as error:

@@ -13,8 +13,10 @@ from django.test import override_settings
 
 from pubsubpull import targets
 from pubsubpull.targets import (
+    Destination,
     TargetNotAllowed,
     check_addresses_at_delivery,
+    check_at_delivery,
     check_target,
     prefix_problem,
 )
@@ -243,8 +245,59 @@ def test_allowed_prefix_with_port_and_path() -> None:
         "https://127.0.0.1:8001/hooks/a",  # another scheme
         "http://127.0.0.1:8001/hooks/../admin",  # a path that leaves the prefix
         "http://127.0.0.1:8001/hooks/%2E%2E/admin",
+        "http://127.0.0.1:8001/hooks/%2e%2e%2fadmin",  # one segment, "../admin" decoded
+        "http://127.0.0.1:8001/hooks/..%2fadmin",
+        "http://127.0.0.1:8001/hooks/..%2Fadmin",
+        "http://127.0.0.1:8001/hooks/%2E%2e%2Fadmin",
+        "http://127.0.0.1:8001/hooks/..%5cadmin",
+        "http://127.0.0.1:8001/hooks/%252e%252e/admin",  # decoded twice
+        "http://127.0.0.1:8001/hooks/..;/admin",  # Tomcat's path parameter
     ]:
         assert refusal(url, allowed=allowed)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/hooks/%2fadmin",
+        "/hooks/%2Fadmin",
+        "/hooks/a%5cb",
+        "/hooks/a%5Cb",
+        "/hooks/a%252fb",  # %2f once decoded
+    ],
+)
+def test_encoded_slash_or_backslash_in_the_path_is_refused(path: str) -> None:
+    url = f"https://hooks.example.com{path}"
+    assert refusal(url) == (
+        f"{url} has an encoded '/' or '\\' (%2F or %5C, in any case) in its path: "
+        "write the path without them; a receiver may decode them into separators"
+    )
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/hooks/%2e%2e/admin",
+        "/hooks/%2E%2E/admin",
+        "/hooks/%2e./admin",
+        "/hooks/.%2E",
+        "/hooks/%2e/admin",
+        "/hooks/%252e%252e/admin",
+        "/hooks/..;x=1/admin",
+    ],
+)
+def test_encoded_dot_segments_are_refused(path: str) -> None:
+    url = f"https://hooks.example.com{path}"
+    message = refusal(url)
+    assert message.startswith(f"{url} has '.' or '..' path segments (also when percent-encoded")
+    assert "remove them" in message
+
+
+@pytest.mark.parametrize(
+    "path", ["/hooks/a.b", "/hooks/..a", "/hooks/a..", "/hooks/%2ea", "/hooks/a%20b", "/100%25"]
+)
+def test_dots_and_escapes_inside_a_segment_are_accepted(path: str) -> None:
+    assert check_target(f"https://hooks.example.com{path}") == f"https://hooks.example.com{path}"
 
 
 def test_allowed_prefix_without_port_allows_only_the_default_port() -> None:
@@ -357,6 +410,76 @@ def test_delivery_check_resolves_again(fake_dns: dict[str, list[str]]) -> None:
     del fake_dns["hooks.example.com"]
     with pytest.raises(TargetNotAllowed, match="does not resolve"):
         check_addresses_at_delivery(url)
+
+
+def test_check_at_delivery_returns_every_checked_address(fake_dns: dict[str, list[str]]) -> None:
+    assert check_at_delivery("HTTPS://Hooks.Example.com/hook?x=1") == Destination(
+        url="https://hooks.example.com/hook?x=1",
+        scheme="https",
+        host="hooks.example.com",
+        port=443,
+        authority="hooks.example.com",
+        addresses=(PUBLIC_V4, PUBLIC_V6),
+    )
+    fake_dns["hooks.example.com"] = [PUBLIC_V4, PUBLIC_V4]
+    assert check_at_delivery("https://hooks.example.com:8443/").addresses == (PUBLIC_V4,)
+    assert check_at_delivery("https://hooks.example.com:8443/").authority == (
+        "hooks.example.com:8443"
+    )
+
+
+def test_check_at_delivery_resolves_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = iter([[PUBLIC_V4], ["127.0.0.1"]])  # a rebinding name: public, then loopback
+    asked: list[str] = []
+
+    def resolve(host: str, port: int) -> list[str]:
+        asked.append(host)
+        return next(answers)
+
+    monkeypatch.setattr(targets, "resolver", resolve)
+    assert check_at_delivery("https://hooks.example.com/").addresses == (PUBLIC_V4,)
+    assert asked == ["hooks.example.com"]
+
+
+def test_check_at_delivery_refuses_like_check_target(fake_dns: dict[str, list[str]]) -> None:
+    for url, expected in [
+        ("https://half.example.com/", "resolves to 192.168.1.7, a private address"),
+        ("https://10.0.0.5/", "points to 10.0.0.5, a private address"),
+        ("https://localhost/", "a loopback address"),
+        ("http://hooks.example.com/", "is not https"),
+        ("https://nowhere.example.com/", "does not resolve"),
+        ("https://hooks.example.com/a/%2e%2e/b", "'.' or '..' path segments"),
+    ]:
+        with pytest.raises(TargetNotAllowed, match=expected):
+            check_at_delivery(url)
+
+
+def test_check_at_delivery_pins_allowed_targets_too(fake_dns: dict[str, list[str]]) -> None:
+    # Under an allowed prefix addresses are not checked, but still resolved once and pinned.
+    fake_dns["localhost"] = ["::1", "127.0.0.1"]
+    destination = check_at_delivery("http://localhost:9000/in")
+    assert (destination.host, destination.port, destination.authority) == (
+        "localhost",
+        9000,
+        "localhost:9000",
+    )
+    assert destination.addresses == ("::1", "127.0.0.1")
+    del fake_dns["localhost"]
+    with pytest.raises(TargetNotAllowed, match="does not resolve"):
+        check_at_delivery("http://localhost:9000/in")
+
+
+def test_check_at_delivery_takes_a_literal_address_as_is(fake_dns: dict[str, list[str]]) -> None:
+    fake_dns.clear()
+    assert check_at_delivery("http://127.0.0.1:8001/").addresses == ("127.0.0.1",)
+    with override_settings(PUBSUBPULL={"ALLOWED_TARGETS": ["http://[::1]:"]}):
+        destination = check_at_delivery("http://[::1]:8000/x")
+    assert (destination.host, destination.authority, destination.addresses) == (
+        "::1",
+        "[::1]:8000",
+        ("::1",),
+    )
+    assert check_at_delivery(f"https://{PUBLIC_V4}/").addresses == (PUBLIC_V4,)
 
 
 # Allowed prefix entries.
