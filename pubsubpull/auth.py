@@ -1,9 +1,11 @@
 """Who is calling: Django session, HTTP Basic, or ``Authorization: Bearer <token>``.
 
-Failed credential attempts are counted per client address (``REMOTE_ADDR``) in Django's
-cache: past ``FAILURE_LIMIT`` failures within ``FAILURE_WINDOW`` seconds, requests from
-that address with credentials are refused (:class:`Throttled`) without checking them,
-until the window ends. Behind a reverse proxy ``REMOTE_ADDR`` is the proxy's: set it
+Failed HTTP Basic attempts are counted per client address (``REMOTE_ADDR``) in Django's
+cache: past ``FAILURE_LIMIT`` failures within ``FAILURE_WINDOW`` seconds, Basic requests
+from that address are refused (:class:`Throttled`) without checking them, until the window
+ends. Tokens are never throttled: checking one costs a SHA-256 and an index lookup, and
+refusing them would let one client's wrong passwords lock out every service behind the
+same address (a NAT, a proxy). Behind a reverse proxy ``REMOTE_ADDR`` is the proxy's: set it
 from ``X-Forwarded-For`` in a middleware of your own that trusts only your proxies (this
 module never reads that header, which any client can send). The count is per process
 with Django's default local-memory cache: with several processes, set ``CACHES`` to a
@@ -31,7 +33,7 @@ from .models import Token
 TOKEN_PREFIX = "psp_"
 
 # A wrong password costs a password hash (about 0.3 s of CPU with Django's default
-# PBKDF2): an address past FAILURE_LIMIT failed attempts (Basic or Bearer) within
+# PBKDF2): an address past FAILURE_LIMIT failed Basic attempts within
 # FAILURE_WINDOW seconds of its first one is refused without checking, until the window
 # ends. A success does not reset the count: a valid account would otherwise let its holder
 # guess others' passwords without limit.
@@ -68,15 +70,16 @@ def create_token(user: Any, name: str = "") -> tuple[Token, str]:
 
 def authenticate(request: HttpRequest) -> Any | None:
     """The calling user, None when no credentials came, or :class:`AuthenticationFailed`
-    (:class:`Throttled` when the caller's address failed too often; see the module)."""
+    (:class:`Throttled` when Basic credentials from the caller's address failed too
+    often; see the module)."""
     header = request.headers.get("Authorization", "")
     scheme, _, credentials = header.partition(" ")
-    if scheme.lower() in ("bearer", "basic"):
+    if scheme.lower() == "bearer":
+        return _token_user(credentials.strip())
+    if scheme.lower() == "basic":
         address = request.META.get("REMOTE_ADDR") or ""
         _check_throttle(address)
         try:
-            if scheme.lower() == "bearer":
-                return _token_user(credentials.strip())
             return _basic_user(request, credentials.strip())
         except AuthenticationFailed:
             _count_failure(address)

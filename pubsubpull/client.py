@@ -17,6 +17,7 @@ Errors come as :class:`ServiceError` subclasses carrying the server's JSON messa
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Self
@@ -282,6 +283,11 @@ class Service:
                 f"included? ({_excerpt(response)})",
                 url=response.url,
             )
+        retry_after = response.headers.get("Retry-After", "")
+        if wait and retry_after.isdigit():
+            # A long poll answered at once because the server has enough waiting: wait
+            # here instead, so a loop of long polls does not become a busy loop.
+            time.sleep(min(float(retry_after), wait))
         return answer
 
 

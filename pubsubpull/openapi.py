@@ -36,7 +36,11 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _errors(*statuses: str) -> dict[str, Any]:
-    return {status: {"$ref": f"#/components/responses/{status}"} for status in statuses}
+    # Every endpoint authenticates (429: too many wrong Basic passwords) and reads the
+    # database (503: away, or a read too slow).
+    return {
+        status: {"$ref": f"#/components/responses/{status}"} for status in (*statuses, "429", "503")
+    }
 
 
 def _named(status: str, response: str) -> dict[str, Any]:
@@ -474,6 +478,17 @@ RESPONSES: dict[str, Any] = {
         "headers": {"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}},
     },
     "403": _error("The caller lacks the model's `view` permission"),
+    "429": {
+        **_error("Too many wrong HTTP Basic passwords from this address (`throttled`)"),
+        "headers": {"Retry-After": {"required": True, "schema": {"type": "string"}}},
+    },
+    "503": {
+        **_error(
+            "The database is unavailable (`database_unavailable`), or the topics or filter "
+            "took longer than FILTER_TIMEOUT (`query_failed`): retry later"
+        ),
+        "headers": {"Retry-After": {"required": True, "schema": {"type": "string"}}},
+    },
     "404": _error("Not a tracked model, or no such row"),
     "InvalidSubscription": _json(
         "The body is not JSON (`invalid_json`), or not a valid subscription "

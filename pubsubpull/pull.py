@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,16 +24,18 @@ from .sql import load, render
 SCAN_LIMIT = 5000
 
 
-# errors of a jsonpath filter: a missing $variable, a regex or value error, or a
-# stored filter that does not parse (saved by SQL or before filters were checked)
-_FILTER_ERRORS = (
-    psycopg.errors.DataError, psycopg.errors.UndefinedObject, psycopg.errors.SyntaxError
-)  # fmt: skip
+# errors of evaluating a jsonpath filter: a missing $variable, a regex or value error
+_FILTER_ERRORS = (psycopg.errors.DataError, psycopg.errors.UndefinedObject)
 
 
 class QueryFailed(ValueError):
-    """A read failed because of what the reader asked for: its filter raised an error
-    or its filter and topics took longer than ``PUBSUBPULL["FILTER_TIMEOUT"]``."""
+    """A read failed because of what the reader asked for: its filter does not parse
+    (``reason`` "syntax") or failed ("error"), or its filter and topics took longer than
+    ``PUBSUBPULL["FILTER_TIMEOUT"]`` ("timeout")."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -164,13 +167,37 @@ def reader_errors(seconds: float | None) -> Iterator[None]:
         if isinstance(error.__cause__, psycopg.errors.QueryCanceled):
             raise QueryFailed(
                 f"the filter and topics took longer than {conf.get('FILTER_TIMEOUT')} s "
-                "(PUBSUBPULL['FILTER_TIMEOUT']): use a simpler filter or fewer topic patterns"
+                "(PUBSUBPULL['FILTER_TIMEOUT']): use a simpler filter or fewer topic patterns",
+                "timeout",
             ) from None
         raise
     except DatabaseError as error:
+        message = str(error).splitlines()[0]
+        if isinstance(error.__cause__, psycopg.errors.SyntaxError):
+            raise QueryFailed(
+                f"the filter is not a valid SQL/JSON path: {message}", "syntax"
+            ) from None
         if isinstance(error.__cause__, _FILTER_ERRORS):
-            raise QueryFailed(f"the filter failed: {str(error).splitlines()[0]}") from None
+            raise QueryFailed(f"the filter failed: {message}", "error") from None
         raise
+
+
+class TooManyWaiting(Exception):
+    """``PUBSUBPULL["MAX_WAITING"]`` long polls wait in this process already; ``page`` is
+    the answer to give at once (read without waiting)."""
+
+    def __init__(self, page: ChangesPage) -> None:
+        super().__init__("too many long polls are waiting")
+        self.page = page
+
+
+# Long polls waiting in this process, and a bound on their concurrent reads: a waiting
+# request holds no database connection (Django's is closed while it waits), and at most
+# CONCURRENT_READS of them open one at a time to look again when woken.
+CONCURRENT_READS = 4
+_waiting = 0
+_waiting_lock = threading.Lock()
+_reads = threading.BoundedSemaphore(CONCURRENT_READS)
 
 
 def wait_for_changes(
@@ -185,23 +212,42 @@ def wait_for_changes(
 ) -> ChangesPage:
     """Like :func:`changes_page`, but wait up to ``wait`` seconds for a first change.
 
-    Woken by this process's :mod:`~pubsubpull.wakeups` watcher (one LISTEN connection
-    shared by every long poll), which also sees changes released by an older
-    transaction that ended without writing.
+    Woken by this process's :mod:`~pubsubpull.wakeups` watcher (one connection shared by
+    every long poll), which also sees changes released by an older transaction that
+    ended without writing. Raises :class:`TooManyWaiting` when the process has
+    ``PUBSUBPULL["MAX_WAITING"]`` long polls waiting already and nothing is visible yet.
     """
     page = changes_page(models, after, patterns, limit, using, events=events)
     if page.results or wait <= 0:
         return page
-    deadline = time.monotonic() + wait
-    with wakeups.watcher(using).waiting() as watcher:
-        while True:
-            seen = watcher.generation  # before reading: a move after it wakes us
-            page = changes_page(models, after, patterns, limit, using, events=events)
-            remaining = deadline - time.monotonic()
-            if page.results or remaining <= 0:
-                return page
-            # at most a few seconds per wait: a safety net should the watcher be stuck
-            watcher.wait(seen, min(remaining, 5.0))
+    global _waiting
+    with _waiting_lock:
+        if _waiting >= int(conf.get("MAX_WAITING")):
+            raise TooManyWaiting(page)
+        _waiting += 1
+    try:
+        deadline = time.monotonic() + wait
+        with wakeups.watcher(using).waiting() as watcher:
+            while True:
+                seen = watcher.generation  # before reading: a move after it wakes us
+                with _reads:
+                    page = changes_page(models, after, patterns, limit, using, events=events)
+                    _release(connections[using])
+                remaining = deadline - time.monotonic()
+                if page.results or remaining <= 0:
+                    return page
+                # at most a few seconds per wait: a safety net should the watcher be stuck
+                watcher.wait(seen, min(remaining, 5.0))
+    finally:
+        with _waiting_lock:
+            _waiting -= 1
+
+
+def _release(connection: BaseDatabaseWrapper) -> None:
+    """Close the request's database connection while it waits (Django opens it again at
+    the next query), unless a transaction is open (``ATOMIC_REQUESTS``)."""
+    if not connection.in_atomic_block:
+        connection.close()
 
 
 def _relation(tracked: registry.Tracked) -> dict[str, str]:

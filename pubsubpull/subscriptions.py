@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any
 
-from django.db import DatabaseError, connection, transaction
+from django.db import connection, transaction
 
 from . import conf, events, pull, registry, targets, topics, webhooks
 from .crypto import encrypt
@@ -104,16 +104,15 @@ def _filter(value: Any) -> str:
             f"has {len(value)} characters, more than {maximum} (PUBSUBPULL['MAX_FILTER_LENGTH']): "
             "subscribe to narrower topics, or use several subscriptions"
         )
-    query = render("filter_check", matches=load("filter_matches"))
     seconds = float(conf.get("FILTER_TIMEOUT"))
+    query = render("filter_check", matches=load("filter_matches"))
     try:
         with pull.reader_errors(seconds), pull.time_limit(connection, seconds) as cursor:
             cursor.execute(query, {"filter": value, "doc": json.dumps(SAMPLE_CHANGE)})
     except pull.QueryFailed as error:
+        if error.reason == "syntax":
+            raise ValueError(str(error).removeprefix("the filter is ")) from None
         raise ValueError(f"{error} (tried on a sample change)") from None
-    except DatabaseError as error:
-        message = str(error).splitlines()[0]
-        raise ValueError(f"not a valid SQL/JSON path: {message}") from None
     return value
 
 

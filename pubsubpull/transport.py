@@ -66,6 +66,7 @@ class Response:
 
     status: int
     body: bytes  # at most MAX_RESPONSE_BYTES
+    location: str = ""  # the Location header (of a redirect, never followed)
 
 
 def session() -> requests.Session:
@@ -301,7 +302,7 @@ def _send(url: str, data: bytes, headers: dict[str, str]) -> Response:
     ) as r:
         # Closing the response (leaving the block) closes the connection unless the body
         # was read to its end, so an unread rest is never drained nor left for the next put.
-        return Response(r.status_code, _read_capped(r))
+        return Response(r.status_code, _read_capped(r), r.headers.get("Location", ""))
 
 
 def _ca_bundle() -> str | bool:

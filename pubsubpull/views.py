@@ -19,7 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
 from . import conf, pull, registry, subscriptions, topics
-from .auth import AuthenticationFailed, authenticate
+from .auth import AuthenticationFailed, Throttled, authenticate
 from .models import Subscription
 from .positions import START, InvalidPosition, Position
 
@@ -91,6 +91,10 @@ def api(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
                 )
             request.api_user = user  # type: ignore[attr-defined]
             return view(request, *args, **kwargs)
+        except Throttled as error:
+            response = ApiError(429, "throttled", str(error)).response()
+            response["Retry-After"] = str(error.retry_after)
+            return response
         except AuthenticationFailed as error:
             return ApiError(401, "not_authenticated", str(error)).response()
         except ApiError as error:
@@ -222,7 +226,11 @@ def changes(request: HttpRequest) -> HttpResponse:
         raise bad_parameter("topics", str(error)) from None
     wait = _wait(request)
     models, events = pull.scope(request.api_user)  # type: ignore[attr-defined]
-    page = pull.wait_for_changes(models, after, patterns, limit, wait, events=events)
+    busy = False
+    try:
+        page = pull.wait_for_changes(models, after, patterns, limit, wait, events=events)
+    except pull.TooManyWaiting as full:
+        page, busy = full.page, True  # answered at once: come back later
     cursor = page.cursor(after, limit)
     next_url = None
     if len(page.results) == limit:
@@ -230,7 +238,10 @@ def changes(request: HttpRequest) -> HttpResponse:
         if patterns:
             query["topics"] = ",".join(patterns)
         next_url = _url(request, "changes", query)
-    return json_page(page.results, next=next_url, cursor=str(cursor))
+    response = json_page(page.results, next=next_url, cursor=str(cursor))
+    if busy:
+        response["Retry-After"] = str(RETRY_AFTER)
+    return response
 
 
 def _wait(request: HttpRequest) -> float:

@@ -20,6 +20,15 @@ def _empty_change_log(request: pytest.FixtureRequest) -> None:
             cursor.execute("TRUNCATE pubsubpull_change, pubsubpull_request")
 
 
+@pytest.fixture(autouse=True)
+def _empty_cache() -> None:
+    """Tests start with an empty cache: failed Basic attempts (counted per address, and
+    every test client is 127.0.0.1) and receivers' seen webhook-ids do not carry over."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture
 def user(db: None) -> User:
     return User.objects.create_user("alice", password="alice-password")

@@ -133,10 +133,10 @@ def test_a_filter_failing_at_delivery_fails_only_its_own_subscription(
     evil = Subscription.objects.get(name="evil")
     drain(lambda: Subscription.objects.get(pk=evil.pk).failures >= 2)
     evil.refresh_from_db()
-    assert evil.last_error.startswith("the filter failed: syntax error")
+    assert evil.last_error.startswith("the filter is not a valid SQL/JSON path: syntax error")
     assert attacker.requests == []  # nothing sent, cursor not moved
     failed = Delivery.objects.filter(subscription=evil).first()
-    assert failed is not None and failed.count == 0 and "filter failed" in failed.error
+    assert failed is not None and failed.count == 0 and "SQL/JSON path" in failed.error
 
     listed = call("GET", "subscriptions/")
     assert listed.status_code == 200

@@ -16,7 +16,7 @@ from django.db import connection
 from django.test import Client
 
 import pubsubpull
-from pubsubpull import openapi, targets
+from pubsubpull import auth, openapi, targets
 from pubsubpull.auth import create_token
 from pubsubpull.webhooks import generate_secret
 from test_project.shop.models import Customer, Order, Product
@@ -71,6 +71,8 @@ def api_schema(
     The live server runs in this process: the SSRF guard's resolver is replaced here too.
     """
     monkeypatch.setattr(targets, "resolver", resolve_offline)
+    # Schemathesis probes wrong credentials again and again: no throttling of them here.
+    monkeypatch.setattr(auth, "FAILURE_LIMIT", 10**9)
     settings.PUBSUBPULL = {**settings.PUBSUBPULL, "MAX_WAIT": 0}  # a fuzzed wait costs no time
     # Probes with wrong Basic credentials each hash a password: fast hashing, for test speed.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

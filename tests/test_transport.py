@@ -247,7 +247,7 @@ def test_redirect_is_returned_not_followed(servers: Callable[..., Server]) -> No
         return True
 
     server = servers(redirect)
-    assert put(server.url(), DATA, HEADERS, timeout=5.0) == Response(302, b"")
+    assert put(server.url(), DATA, HEADERS, timeout=5.0) == Response(302, b"", elsewhere.url("/x"))
     assert elsewhere.connections == 0
 
 

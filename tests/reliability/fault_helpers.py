@@ -341,7 +341,8 @@ class Puller(threading.Thread):
     """Follows ``GET /changes/`` over HTTP from its cursor (long polls of ``wait``
     seconds) until it has ``target`` changes or ``deadline`` passes; keeps every status
     answered. A 503 must carry ``Retry-After``; the puller then waits a little (less
-    than asked: the test is short) and asks again."""
+    than asked: the test is short) and asks again. An empty 200 with ``Retry-After`` (the
+    server has enough long polls waiting) is followed as asked."""
 
     def __init__(
         self, base: str, token: str, wait: float, deadline: float, topics: str = "shop.customer.*"
@@ -353,6 +354,7 @@ class Puller(threading.Thread):
         self.ids: list[Position] = []
         self.statuses: Counter[int] = Counter()
         self.without_retry_after = 0
+        self.turned_away = 0  # empty answers with Retry-After (the server's cap on waiting)
         self.errors: list[str] = []
         self.started_polling = threading.Event()
         self.target: int | None = None  # set once the writes ended
@@ -390,6 +392,10 @@ class Puller(threading.Thread):
                     body = response.json()
                     self.ids += [position(c["id"]) for c in body["results"]]
                     cursor = body["cursor"]
+                    if not body["results"] and response.headers.get("Retry-After"):
+                        # answered at once: enough polls wait in the server already
+                        self.turned_away += 1
+                        self.stopping.wait(float(response.headers["Retry-After"]))
                     continue
                 if response.status_code == 503 and not response.headers.get("Retry-After"):
                     self.without_retry_after += 1
