@@ -191,9 +191,10 @@ class TooManyWaiting(Exception):
         self.page = page
 
 
-# Long polls waiting in this process, and a bound on their concurrent reads: a waiting
-# request holds no database connection (Django's is closed while it waits), and at most
-# CONCURRENT_READS of them open one at a time to look again when woken.
+# Long polls waiting in this process, and a bound on their reads: a long poll holds no
+# database connection between its reads (Django's is closed, and opened again by the next
+# query), and at most CONCURRENT_READS of them read at a time, so 200 long polls woken by
+# one commit do not open 200 sessions at once.
 CONCURRENT_READS = 4
 _waiting = 0
 _waiting_lock = threading.Lock()
@@ -217,8 +218,19 @@ def wait_for_changes(
     ended without writing. Raises :class:`TooManyWaiting` when the process has
     ``PUBSUBPULL["MAX_WAITING"]`` long polls waiting already and nothing is visible yet.
     """
-    page = changes_page(models, after, patterns, limit, using, events=events)
-    if page.results or wait <= 0:
+    if wait <= 0:
+        return changes_page(models, after, patterns, limit, using, events=events)
+    connection = connections[using]
+
+    def read() -> ChangesPage:
+        _release(connection)  # nothing held while queued for a read, nor after it
+        with _reads:
+            page = changes_page(models, after, patterns, limit, using, events=events)
+            _release(connection)
+        return page
+
+    page = read()
+    if page.results:
         return page
     global _waiting
     with _waiting_lock:
@@ -230,9 +242,7 @@ def wait_for_changes(
         with wakeups.watcher(using).waiting() as watcher:
             while True:
                 seen = watcher.generation  # before reading: a move after it wakes us
-                with _reads:
-                    page = changes_page(models, after, patterns, limit, using, events=events)
-                    _release(connections[using])
+                page = read()
                 remaining = deadline - time.monotonic()
                 if page.results or remaining <= 0:
                     return page

@@ -603,13 +603,17 @@ def test_200_long_polls_during_writes(
     deadline = time.monotonic() + 3 * WITHIN
     polls = [Puller(base, token, wait=LONG_POLL_WAIT, deadline=deadline) for _ in range(LONG_POLLS)]
     total = POLL_WRITES * POLL_ROWS
+    sampler.start()
     for poll in polls:
         poll.target = total
         poll.start()
+        # Arrivals spread over 2 s: each request opens a database connection to
+        # authenticate, and 200 in the same millisecond would be 200 sessions whatever
+        # long polls do. What is tested is that waiting holds none.
+        time.sleep(0.01)
     try:
         wait_until(lambda: all(p.started_polling.is_set() for p in polls), WITHIN, "the polls")
         time.sleep(1.0)  # let them all wait
-        sampler.start()
         with psycopg.connect(url, autocommit=True) as writer:
             for n in range(POLL_WRITES):
                 started = time.monotonic()
@@ -635,7 +639,7 @@ def test_200_long_polls_during_writes(
     # two per poll, and PostgreSQL refused connections at 60 polls).
     print(f"backends: baseline {baseline}, most {sampler.most}; other requests "
           f"{max(sampler.other_requests):.3f} s at most")  # fmt: skip
-    assert sampler.most - baseline < LONG_POLLS // 2
+    assert sampler.most - baseline <= LONG_POLLS // 4  # measured: 35
     wait_until(
         lambda: backends(url) <= baseline,
         WITHIN,
