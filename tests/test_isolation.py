@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import io
 import re
+import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -296,3 +298,74 @@ def test_a_redirect_is_a_failure_with_a_clear_error(
     assert "169.254.169.254" in subscription.last_error
     assert subscription.batch_end  # not delivered: the batch waits for its retry
     assert len(httpserver.log) == 1  # the redirect was not followed
+
+
+def test_long_polls_over_max_waiting_are_answered_at_once_with_retry_after(
+    live_server: LiveServer, settings: Any
+) -> None:
+    settings.PUBSUBPULL = {**settings.PUBSUBPULL, "MAX_WAITING": 2}
+    # A user with no permission at all can hold a long poll too: the cap counts it.
+    nobody = api_as(live_server, User.objects.create_user("nobody", password="nobody-password"))
+    holders = [
+        threading.Thread(target=nobody, args=("GET", "changes/?after=now&wait=4")) for _ in range(2)
+    ]
+    for holder in holders:
+        holder.start()
+    wait_for(lambda: pull._waiting == 2)
+    viewer = api_as(live_server, customer_viewer("viewer"))
+    turned_away = viewer("GET", "changes/?after=now&wait=4")
+    assert turned_away.status_code == 200 and turned_away.json()["results"] == []
+    assert turned_away.headers["Retry-After"] == "5"
+    assert viewer("GET", "models/shop.customer/").status_code == 200  # others served
+    for holder in holders:
+        holder.join()
+    assert pull._waiting == 0
+    served = viewer("GET", "changes/?after=now&wait=0.5")
+    assert served.status_code == 200 and "Retry-After" not in served.headers
+
+
+def test_a_target_that_answers_a_byte_at_a_time_is_cut_off_at_delivery_timeout(
+    api: Any, httpserver: HTTPServer, settings: Any
+) -> None:
+    settings.PUBSUBPULL = {**settings.PUBSUBPULL, "DELIVERY_TIMEOUT": 1.0, "RETRY_BASE": 30.0}
+    stop = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+
+    def drip() -> None:  # reads the request, then a status line at one byte per 0.3 s
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
+                if stop.wait(0.3):
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    threading.Thread(target=drip, daemon=True).start()
+    slow = f"http://127.0.0.1:{listener.getsockname()[1]}/slow"
+    healthy = Receiver()
+    for name, target in (("slow", slow), ("healthy", hook(httpserver, healthy, "/healthy"))):
+        body = {"target": target, "topics": ["shop.customer.*"]}
+        response = api.put(f"/pubsubpull/subscriptions/{name}/", body, "application/json")
+        assert response.status_code == 201, response.content
+    Customer.objects.create(name="x")
+    try:
+        drain(lambda: Subscription.objects.get(name="slow").failures >= 1)
+    finally:
+        stop.set()
+        listener.close()
+    failed = Delivery.objects.get(subscription__name="slow")
+    assert "within 1.0 s" in failed.error
+    assert failed.duration.total_seconds() < 5  # the drip would take 12 s
+    drain(lambda: len(healthy.changes()) >= 1)
+    assert names(healthy) == ["x"]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
