@@ -127,3 +127,34 @@ def test_e008_unusable_poll_interval(value: object) -> None:
 def test_poll_interval_accepts_seconds() -> None:
     with override_settings(PUBSUBPULL={"POLL_INTERVAL": 0.5}):
         assert check_settings() == []
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("MAX_TOPICS", 0), ("MAX_TOPICS", "50"), ("MAX_TOPICS", 2.5), ("MAX_TOPICS", True),
+        ("MAX_FILTER_LENGTH", -1), ("FILTER_TIMEOUT", 0), ("FILTER_TIMEOUT", None),
+        ("MAX_SUBSCRIPTIONS", 0), ("MAX_WAITING", -1), ("MAX_WAITING", 10**9),
+    ],
+)  # fmt: skip
+def test_e009_unusable_limit(key: str, value: object) -> None:
+    with override_settings(PUBSUBPULL={key: value}):
+        (error,) = check_settings()
+    assert error.id == "pubsubpull.E009" and key in error.msg and repr(value) in error.msg
+    assert "default" in error.hint
+
+
+def test_limits_accept_their_range() -> None:
+    limits = {"MAX_TOPICS": 1, "FILTER_TIMEOUT": 0.5, "MAX_WAITING": 0, "MAX_SUBSCRIPTIONS": 5}
+    with override_settings(PUBSUBPULL=limits):
+        assert check_settings() == []
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"REQUEST_QUERY": "yes"}, {"REDACT_QUERY": "token"}, {"REDACT_QUERY": ["token", 1]}],
+)
+def test_e010_unusable_request_query_options(options: dict[str, object]) -> None:
+    with override_settings(PUBSUBPULL=options):
+        (error,) = check_settings()
+    assert error.id == "pubsubpull.E010" and next(iter(options)) in error.msg and error.hint
