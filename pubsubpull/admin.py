@@ -77,6 +77,9 @@ class RequestAdmin(ReadOnlyAdmin):
 RECEIVER_FIELDS = ("owner", "name", "target", "topics", "filter")
 #: The fields the admin checks with the API's rules (:func:`subscriptions.validate`).
 VALIDATED_FIELDS = ("target", "topics", "filter", "batch_size", "cursor")
+#: Fields whose change drops the batch in flight: the next batch follows the new terms
+#: (as :func:`subscriptions.save` does), or starts from the new cursor (a replay).
+TERMS_FIELDS = ("target", "topics", "filter", "cursor")
 
 
 class SubscriptionForm(forms.ModelForm):  # type: ignore[type-arg]
@@ -86,6 +89,9 @@ class SubscriptionForm(forms.ModelForm):  # type: ignore[type-arg]
     :func:`subscriptions.validate` with the subscription's owner (the form's owner when it
     edits one, i.e. on the add form), so the admin accepts what a PUT accepts: no
     ``python:`` target, no private or metadata address, only topics the owner may view.
+    A new subscription also counts against the owner's ``PUBSUBPULL["MAX_SUBSCRIPTIONS"]``
+    (:func:`subscriptions._check_room`, whose advisory lock lasts until the admin's
+    transaction commits the subscription).
     """
 
     class Meta:
@@ -119,7 +125,16 @@ class SubscriptionForm(forms.ModelForm):  # type: ignore[type-arg]
                 # else a field not sent: read-only (a receiver's target) or already refused
         else:
             cleaned.update(values)  # normalised as the API stores them
+        if self.instance._state.adding and owner is not None:
+            self._check_room(owner)
         return cleaned
+
+    def _check_room(self, owner: Any) -> None:
+        try:
+            subscriptions._check_room(owner)
+        except subscriptions.Invalid as invalid:
+            for field, messages in invalid.errors.items():
+                self.add_error(field if field in self.fields else None, messages)
 
     def validate_unique(self) -> None:
         super().validate_unique()
@@ -156,6 +171,25 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     ]  # fmt: skip
     actions = ["pause", "resume", "replay_from_start"]
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Subscription]:
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        return queryset.filter(owner=request.user.pk)  # no receivers (owner NULL) either
+
+    def _may_touch(self, request: HttpRequest, obj: Subscription | None) -> bool:
+        """Whether the user may see or act on ``obj`` (any subscription when None)."""
+        return obj is None or request.user.is_superuser or obj.owner_id == request.user.pk
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_view_permission(request, obj) and self._may_touch(request, obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_change_permission(request, obj) and self._may_touch(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_delete_permission(request, obj) and self._may_touch(request, obj)
+
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         readonly = list(super().get_readonly_fields(request, obj))
         if obj is None:
@@ -176,8 +210,11 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def save_model(self, request: HttpRequest, obj: Subscription, form: Any, change: bool) -> None:
-        if "cursor" in form.changed_data:  # a replay: the batch in flight no longer applies
-            obj.batch_id = obj.batch_end = ""
+        # Compared with the stored values, not form.changed_data: topics (a callable default)
+        # is judged against a hidden initial value the browser sends back.
+        edited = [field for field in TERMS_FIELDS if field in form.fields]  # not read-only
+        if change and any(form.initial[field] != getattr(obj, field) for field in edited):
+            obj.batch_id = obj.batch_end = ""  # the batch in flight no longer applies
         if "status" in form.changed_data and obj.status == Subscription.Status.ACTIVE:
             obj.failures, obj.next_attempt, obj.last_error = 0, None, ""
         super().save_model(request, obj, form, change)

@@ -7,9 +7,10 @@ import json
 from typing import Any
 
 import pytest
+from django.contrib.admin import site
 from django.contrib.auth.models import Permission, User
 from django.http import HttpResponse
-from django.test import Client
+from django.test import Client, RequestFactory
 
 import pubsubpull
 from pubsubpull import receivers, subscriptions
@@ -103,9 +104,22 @@ def alice() -> User:
 
 
 @pytest.fixture
-def subscription(alice: User) -> Subscription:
+def root() -> User:
+    return User.objects.create_superuser("root", password=None)
+
+
+@pytest.fixture
+def root_client(root: User) -> Client:
+    client = Client()
+    client.force_login(root)
+    return client
+
+
+@pytest.fixture
+def subscription(clerk: User) -> Subscription:
+    """The clerk's own subscription: the only kind the clerk may see and edit."""
     return Subscription.objects.create(
-        owner=alice, name="customers", target=HOOK, topics=["shop.customer.*"], cursor="5-7"
+        owner=clerk, name="customers", target=HOOK, topics=["shop.customer.*"], cursor="5-7"
     )
 
 
@@ -173,23 +187,22 @@ def test_add_with_a_python_target_saves_nothing(clerk_client: Client, clerk: Use
 
 
 def test_owner_cannot_be_changed(
-    clerk_client: Client, clerk: User, subscription: Subscription
+    clerk_client: Client, alice: User, subscription: Subscription
 ) -> None:
     page = clerk_client.get(url(subscription)).content.decode()
-    assert 'name="owner"' not in page and "alice" in page  # shown, not editable
-    response = clerk_client.post(url(subscription), form(subscription, owner=clerk.pk))
+    assert 'name="owner"' not in page and "clerk" in page  # shown, not editable
+    response = clerk_client.post(url(subscription), form(subscription, owner=alice.pk))
     assert response.status_code == 302
     assert row(subscription)["owner_id"] == subscription.owner_id
 
 
 def test_add_needs_an_owner_and_staff_may_only_lend_their_own_permissions(
-    clerk_client: Client, clerk: User, alice: User
+    clerk_client: Client, clerk: User, alice: User, root: User, root_client: Client
 ) -> None:
     data = {"name": "mine", "target": HOOK, "topics": '["shop.customer.*"]', "filter": "",
             "batch_size": 100, "status": "active", "cursor": "0-0"}  # fmt: skip
     assert clerk_client.get(url()).context["adminform"].form.initial["owner"] == clerk.pk
     assert "owner" in errors(clerk_client.post(url(), data))  # required
-    root = User.objects.create_superuser("root", password=None)
     for other in (root, alice):  # a superuser would read everything
         assert "owner" in errors(clerk_client.post(url(), {**data, "owner": other.pk}))
     assert not Subscription.objects.exists()
@@ -199,17 +212,14 @@ def test_add_needs_an_owner_and_staff_may_only_lend_their_own_permissions(
     mine = Subscription.objects.get()
     assert (mine.owner, mine.topics) == (clerk, [])  # an empty box: all topics, as in the API
 
-    superuser = Client()
-    superuser.force_login(root)
-    response = superuser.post(url(), {**data, "name": "alices", "owner": alice.pk})
+    response = root_client.post(url(), {**data, "name": "alices", "owner": alice.pk})
     assert response.status_code == 302
     assert Subscription.objects.get(name="alices").owner == alice
 
 
 def test_topics_are_bounded_by_what_the_owner_may_view(
-    clerk_client: Client, clerk: User, subscription: Subscription
+    clerk_client: Client, subscription: Subscription, root_client: Client, alice: User
 ) -> None:
-    clerk.user_permissions.add(Permission.objects.get(codename="view_order"))  # not alice
     before = row(subscription)
     response = clerk_client.post(url(subscription), form(subscription, topics='["shop.order.*"]'))
     assert errors(response) == {"topics": ["'shop.order.*': you may not view shop.order"]}
@@ -218,6 +228,13 @@ def test_topics_are_bounded_by_what_the_owner_may_view(
     response = clerk_client.post(url(subscription), form(subscription, topics='"shop.#"'))
     assert "must be a list of topic patterns" in errors(response)["topics"][0]
     assert row(subscription) == before
+
+    # A superuser editing alice's subscription lends alice's permissions, not its own.
+    alices = Subscription.objects.create(owner=alice, name="customers", target=HOOK)
+    before = row(alices)
+    response = root_client.post(url(alices), form(alices, topics='["shop.order.*"]'))
+    assert errors(response) == {"topics": ["'shop.order.*': you may not view shop.order"]}
+    assert row(alices) == before
 
 
 @pytest.mark.parametrize(
@@ -265,9 +282,9 @@ def test_a_valid_edit_saves_as_the_api_would(
 
 
 def test_a_name_taken_by_the_same_owner_is_a_form_error(
-    clerk_client: Client, alice: User, subscription: Subscription
+    clerk_client: Client, clerk: User, subscription: Subscription
 ) -> None:
-    Subscription.objects.create(owner=alice, name="orders", target=HOOK)
+    Subscription.objects.create(owner=clerk, name="orders", target=HOOK)
     response = clerk_client.post(url(subscription), form(subscription, name="orders"))
     assert "already exists" in " ".join(errors(response)["__all__"])
     assert row(subscription)["name"] == "customers"
@@ -323,18 +340,18 @@ def receiver(monkeypatch: pytest.MonkeyPatch) -> Subscription:
 
 
 def test_receivers_code_owned_fields_cannot_change_but_it_can_be_paused(
-    clerk_client: Client, clerk: User, receiver: Subscription
+    root_client: Client, root: User, receiver: Subscription
 ) -> None:
     assert receiver.target == "python:tests.test_admin.receive"
-    page = clerk_client.get(url(receiver)).content.decode()
+    page = root_client.get(url(receiver)).content.decode()
     for field in ("owner", "name", "target", "topics", "filter"):
         assert f'name="{field}"' not in page
     assert 'name="status"' in page and 'name="cursor"' in page
     before = row(receiver)
 
-    attack = {"owner": clerk.pk, "name": "renamed", "target": "python:builtins.print",
+    attack = {"owner": root.pk, "name": "renamed", "target": "python:builtins.print",
               "topics": '["shop.#"]', "filter": ""}  # fmt: skip
-    response = clerk_client.post(url(receiver), form(receiver, status="paused", **attack))
+    response = root_client.post(url(receiver), form(receiver, status="paused", **attack))
     assert response.status_code == 302
     after = row(receiver)
     assert after["status"] == "paused"
@@ -343,11 +360,151 @@ def test_receivers_code_owned_fields_cannot_change_but_it_can_be_paused(
     }
 
 
-def test_receiver_replay_follows_the_api(clerk_client: Client, receiver: Subscription) -> None:
+def test_receiver_replay_follows_the_api(root_client: Client, receiver: Subscription) -> None:
+    Subscription.objects.filter(pk=receiver.pk).update(batch_id="b1", batch_end="9-9")
+    response = root_client.post(url(receiver), form(receiver, batch_size=10))
+    assert response.status_code == 302
+    assert (row(receiver)["batch_id"], row(receiver)["batch_end"]) == ("b1", "9-9")  # kept
+    receiver.refresh_from_db()
     before = row(receiver)
-    response = clerk_client.post(url(receiver), form(receiver, cursor="yesterday"))
+    response = root_client.post(url(receiver), form(receiver, cursor="yesterday"))
     assert "is not a position" in errors(response)["cursor"][0]
     assert row(receiver) == before
-    response = clerk_client.post(url(receiver), form(receiver, cursor="0-0"))
+    response = root_client.post(url(receiver), form(receiver, cursor="0-0"))
     assert response.status_code == 302
-    assert row(receiver)["cursor"] == "0-0"
+    assert (row(receiver)["cursor"], row(receiver)["batch_id"]) == ("0-0", "")
+
+
+# -- whose subscriptions staff see, how many they add, what an edit drops ------------------
+
+CHANGELIST = "/admin/pubsubpull/subscription/"
+
+
+@pytest.fixture
+def others(root: User, alice: User, receiver: Subscription) -> list[Subscription]:
+    """Subscriptions the clerk does not own: a superuser's, alice's and a local receiver."""
+    return [
+        Subscription.objects.create(owner=root, name="everything", target=HOOK),
+        Subscription.objects.create(owner=alice, name="customers", target=HOOK, cursor="5-7"),
+        receiver,
+    ]
+
+
+def listed(client: Client) -> set[int]:
+    """The primary keys the subscription change list shows to ``client``."""
+    response = client.get(CHANGELIST)
+    assert response.status_code == 200
+    return {subscription.pk for subscription in response.context["cl"].result_list}
+
+
+def test_staff_see_only_their_own_subscriptions_and_superusers_all(
+    clerk_client: Client, root_client: Client, subscription: Subscription,
+    others: list[Subscription],
+) -> None:  # fmt: skip
+    assert listed(clerk_client) == {subscription.pk}
+    assert listed(root_client) == {subscription.pk, *(other.pk for other in others)}
+    for other in others:
+        assert root_client.get(url(other)).status_code == 200
+
+
+@pytest.mark.parametrize("whose", ["superuser", "another user", "local receiver"])
+def test_staff_cannot_view_change_or_delete_anothers_subscription(
+    clerk_client: Client, clerk: User, others: list[Subscription], whose: str
+) -> None:
+    clerk.user_permissions.add(Permission.objects.get(codename="delete_subscription"))
+    other = others[["superuser", "another user", "local receiver"].index(whose)]
+    before = row(other)
+    base = f"/admin/pubsubpull/subscription/{other.pk}"
+    for page in (url(other), f"{base}/history/", f"{base}/delete/"):
+        response = clerk_client.get(page)
+        assert response.status_code == 302 and response["Location"] == "/admin/", page
+    # Redirecting what the owner may read to the clerk's own server:
+    redirect = {"target": "http://127.0.0.1:9000/clerk", "topics": '["shop.customer.*"]',
+                "filter": "", "status": "active", "cursor": "0-0"}  # fmt: skip
+    assert clerk_client.post(url(other), form(other, **redirect)).status_code == 302
+    assert clerk_client.post(f"{base}/delete/", {"post": "yes"}).status_code == 302
+    assert row(other) == before
+
+
+def test_object_permissions_follow_ownership(
+    clerk: User, root: User, subscription: Subscription, others: list[Subscription]
+) -> None:
+    """The checks behind the pages, also for code that skips ``get_queryset``."""
+    clerk.user_permissions.add(Permission.objects.get(codename="delete_subscription"))
+    subscription_admin = site._registry[Subscription]
+    for user, allowed in ((clerk, [subscription]), (root, [subscription, *others])):
+        request = RequestFactory().get(CHANGELIST)
+        request.user = User.objects.get(pk=user.pk)  # fresh permission cache
+        for obj in [subscription, *others]:
+            expected = obj in allowed
+            assert subscription_admin.has_view_permission(request, obj) is expected
+            assert subscription_admin.has_change_permission(request, obj) is expected
+            assert subscription_admin.has_delete_permission(request, obj) is expected
+        assert subscription_admin.has_change_permission(request)  # the change list
+
+
+@pytest.mark.parametrize("action", ["pause", "resume", "replay_from_start"])
+def test_actions_act_only_on_subscriptions_the_user_may_see(
+    clerk_client: Client, subscription: Subscription, others: list[Subscription], action: str
+) -> None:
+    Subscription.objects.update(status="failing", failures=2, batch_id="b1", batch_end="9-9")
+    before = {other.pk: row(other) for other in others}
+    selected = [subscription.pk, *(other.pk for other in others)]
+    response = clerk_client.post(CHANGELIST, {"action": action, "_selected_action": selected})
+    assert response.status_code == 302
+    assert {other.pk: row(other) for other in others} == before
+    mine = row(subscription)
+    changed = {"pause": ("status", "paused"), "resume": ("failures", 0),
+               "replay_from_start": ("batch_id", "")}[action]  # fmt: skip
+    assert mine[changed[0]] == changed[1]
+
+
+def add_form(owner: User, name: str) -> dict[str, Any]:
+    return {"owner": owner.pk, "name": name, "target": HOOK, "topics": '["shop.customer.*"]',
+            "filter": "", "batch_size": 100, "status": "active", "cursor": "0-0"}  # fmt: skip
+
+
+def test_add_counts_against_max_subscriptions_per_owner(
+    clerk_client: Client, clerk: User, subscription: Subscription, root_client: Client,
+    alice: User, settings: Any,
+) -> None:  # fmt: skip
+    settings.PUBSUBPULL = {**settings.PUBSUBPULL, "MAX_SUBSCRIPTIONS": 1}
+    response = clerk_client.post(url(), add_form(clerk, "second"))
+    assert "PUBSUBPULL['MAX_SUBSCRIPTIONS']" in errors(response)["name"][0]
+    response = root_client.post(url(), add_form(clerk, "second"))  # superusers too
+    assert "PUBSUBPULL['MAX_SUBSCRIPTIONS']" in errors(response)["name"][0]
+    assert list(Subscription.objects.values_list("name", flat=True)) == ["customers"]
+
+    # Per owner; an edit of one the owner has adds nothing.
+    assert root_client.post(url(), add_form(alice, "alices")).status_code == 302
+    response = clerk_client.post(url(subscription), form(subscription, batch_size=10))
+    assert response.status_code == 302
+    assert row(subscription)["batch_size"] == 10
+    assert Subscription.objects.count() == 2
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "dropped"),
+    [
+        ("target", "http://127.0.0.1:9000/other", True),
+        ("topics", '["shop.customer.insert"]', True),
+        ("filter", "$.new.active == true", True),
+        ("cursor", "0-0", True),
+        ("batch_size", 10, False),
+        ("status", "paused", False),
+    ],
+)
+def test_new_terms_drop_the_batch_in_flight(
+    clerk_client: Client, subscription: Subscription, field: str, value: Any, dropped: bool
+) -> None:
+    Subscription.objects.filter(pk=subscription.pk).update(batch_id="b1", batch_end="9-9")
+    data = form(subscription, **{field: value})
+    # The page's hidden initial-topics comes back from the browser: a forged one that says
+    # the topics did not change is not believed.
+    data["initial-topics"] = data["topics"]
+    response = clerk_client.post(url(subscription), data)
+    assert response.status_code == 302
+    after = row(subscription)
+    assert after[field] == (json.loads(value) if field == "topics" else value)
+    batch = ("", "") if dropped else ("b1", "9-9")
+    assert (after["batch_id"], after["batch_end"]) == batch
