@@ -90,7 +90,7 @@ class SubscriptionForm(forms.ModelForm):  # type: ignore[type-arg]
     edits one, i.e. on the add form), so the admin accepts what a PUT accepts: no
     ``python:`` target, no private or metadata address, only topics the owner may view.
     A new subscription also counts against the owner's ``PUBSUBPULL["MAX_SUBSCRIPTIONS"]``
-    (:func:`subscriptions._check_room`, whose advisory lock lasts until the admin's
+    (:func:`subscriptions.check_room`, whose advisory lock lasts until the admin's
     transaction commits the subscription).
     """
 
@@ -131,7 +131,7 @@ class SubscriptionForm(forms.ModelForm):  # type: ignore[type-arg]
 
     def _check_room(self, owner: Any) -> None:
         try:
-            subscriptions._check_room(owner)
+            subscriptions.check_room(owner)
         except subscriptions.Invalid as invalid:
             for field, messages in invalid.errors.items():
                 self.add_error(field if field in self.fields else None, messages)
@@ -241,8 +241,26 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 @admin.register(Delivery)
 class DeliveryAdmin(ReadOnlyAdmin):
+    """Delivery attempts; staff who are not superusers see their own subscriptions' only."""
+
     list_display = ["created", "subscription", "count", "first", "last", "status_code", "error"]
-    list_filter = ["status_code", "subscription"]
+    list_filter = ["status_code"]
     list_select_related = ["subscription"]
     date_hierarchy = "created"
     show_full_result_count = False
+
+    def get_list_filter(self, request: HttpRequest) -> Any:
+        # the subscription filter lists every subscription's name: superusers only
+        return ["status_code", "subscription"] if request.user.is_superuser else ["status_code"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Delivery]:
+        deliveries = super().get_queryset(request)
+        if request.user.is_superuser:
+            return deliveries
+        return deliveries.filter(subscription__owner=request.user.pk)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        allowed = super().has_view_permission(request, obj)
+        if obj is None or request.user.is_superuser:
+            return allowed
+        return allowed and obj.subscription.owner_id == request.user.pk

@@ -158,7 +158,7 @@ def save(owner: Any, name: str, values: dict[str, Any]) -> tuple[Subscription, b
         existing = subscription.first()
         created = existing is None
         if existing is None:
-            _check_room(owner)
+            check_room(owner)
             existing = Subscription(owner=owner, name=name, cursor=str(pull.now()))
         for field, value in {**defaults, **values}.items():
             setattr(existing, field, value)
@@ -169,8 +169,9 @@ def save(owner: Any, name: str, values: dict[str, Any]) -> tuple[Subscription, b
     return existing, created
 
 
-def _check_room(owner: Any) -> None:
+def check_room(owner: Any) -> None:
     """:class:`Invalid` when the owner has ``PUBSUBPULL["MAX_SUBSCRIPTIONS"]`` already.
+    Call it inside the transaction that creates the subscription.
 
     Two creations by one owner take turns (a transaction-level advisory lock on the
     owner), so concurrent PUTs cannot overshoot the limit.

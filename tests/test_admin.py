@@ -4,6 +4,7 @@ follow the API's rules, also for staff who are not superusers."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from django.test import Client, RequestFactory
 import pubsubpull
 from pubsubpull import receivers, subscriptions
 from pubsubpull.crypto import encrypt
-from pubsubpull.models import Change, Request, Subscription
+from pubsubpull.models import Change, Delivery, Request, Subscription
 from pubsubpull.webhooks import generate_secret
 
 pytestmark = pytest.mark.django_db
@@ -508,3 +509,26 @@ def test_new_terms_drop_the_batch_in_flight(
     assert after[field] == (json.loads(value) if field == "topics" else value)
     batch = ("", "") if dropped else ("b1", "9-9")
     assert (after["batch_id"], after["batch_end"]) == batch
+
+
+def test_staff_see_only_their_own_subscriptions_deliveries(client: Client) -> None:
+    staff = User.objects.create_user("deliveries-staff", password="pw", is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="view_delivery"))
+    other = User.objects.create_user("someone-else", password="pw")
+    mine = Subscription.objects.create(owner=staff, name="mine", target="http://127.0.0.1:9/")
+    theirs = Subscription.objects.create(owner=other, name="theirs", target="http://127.0.0.1:9/")
+    attempts = {
+        s.name: Delivery.objects.create(
+            subscription=s, batch_id="b", first="1-1", last="1-2", count=2,
+            error=f"error of {s.name}", duration=timedelta(0),
+        )
+        for s in (mine, theirs)
+    }  # fmt: skip
+    client.force_login(staff)
+    listed = client.get("/admin/pubsubpull/delivery/").content.decode()
+    assert "error of mine" in listed and "error of theirs" not in listed
+    assert "theirs" not in listed  # not even in a filter
+    own = client.get(f"/admin/pubsubpull/delivery/{attempts['mine'].pk}/change/")
+    assert own.status_code == 200
+    other_page = client.get(f"/admin/pubsubpull/delivery/{attempts['theirs'].pk}/change/")
+    assert other_page.status_code == 302  # redirected away: not theirs to see

@@ -206,8 +206,10 @@ def test_worker_killed_three_times_during_a_long_delivery(
 
 @TRANSACTIONAL
 def test_worker_killed_during_dispatch_of_200_subscriptions(
-    api: Client, url: str, stack: contextlib.ExitStack, tmp_path: Path
+    api: Client, url: str, stack: contextlib.ExitStack, tmp_path: Path, settings: Any
 ) -> None:
+    # one owner with more subscriptions than MAX_SUBSCRIPTIONS allows by default
+    settings.PUBSUBPULL = {**settings.PUBSUBPULL, "MAX_SUBSCRIPTIONS": DISPATCH_SUBSCRIPTIONS}
     receiver = hooks(stack, HookServer())
     names = [f"s{i:03}" for i in range(DISPATCH_SUBSCRIPTIONS)]
     ids = {
