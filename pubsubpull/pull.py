@@ -113,6 +113,7 @@ def changes_page(
         "models": models,
         "events": events,
         "topics": topics.any_regex(patterns),
+        "row_topics": topics.row_topics(models, patterns),
         "filter": filter or None,
         "scan_limit": max(limit, SCAN_LIMIT) if filter else None,
         "limit": limit,

@@ -62,6 +62,25 @@ def _regex_body(pattern: str) -> str:
     return "".join(parts)
 
 
+# The ops of row changes: a row change's topic is "<app_label>.<model_name>.<op>".
+OPS = ("insert", "update", "delete", "truncate")
+
+
+def row_topics(labels: Iterable[str], patterns: Iterable[str]) -> list[str]:
+    """The row-change topics of these model labels that any of ``patterns`` matches.
+
+    Known in advance, so a read compares row changes' topics with a list (an index-able
+    equality) instead of running a regular expression on every row: the cost of that grew
+    with the number of patterns (50 patterns: 12x one pattern's).
+    """
+    regex = any_regex(patterns)
+    if regex is None:
+        return []
+    compiled = re.compile(regex)
+    candidates = (f"{label}.{op}" for label in labels for op in OPS)
+    return [topic for topic in candidates if compiled.match("." + topic)]
+
+
 def parse(value: str | Iterable[str] | None) -> list[str]:
     """Patterns from a comma-separated string or a list; [] means all topics.
 
