@@ -1,4 +1,13 @@
-"""Access to the SQL files in ``pubsubpull/sql/``."""
+"""Access to the SQL files in ``pubsubpull/sql/``.
+
+Two kinds, in two places: ``sql/migrations/NNNN_name.sql`` hold what a migration
+installs (functions, triggers on pubsubpull's tables): each is applied by exactly one
+migration and frozen once released, so a database migrated long ago and a new one get
+the same SQL; a change is a new numbered file and a new migration (a function whose
+signature changes gets a new, versioned name). ``sql/*.sql`` hold the queries run at run
+time and the per-table capture templates installed after ``migrate``: code loads them,
+so they may change with the code.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +19,14 @@ from importlib.resources import files
 def load(name: str) -> str:
     """The text of ``pubsubpull/sql/<name>.sql``."""
     return files("pubsubpull").joinpath("sql", f"{name}.sql").read_text(encoding="utf-8")
+
+
+def migration_sql(name: str) -> str:
+    """The text of ``pubsubpull/sql/migrations/<name>.sql``, for the one migration that
+    applies it."""
+    return (
+        files("pubsubpull").joinpath("sql", "migrations", f"{name}.sql").read_text(encoding="utf-8")
+    )
 
 
 def render(name: str, **values: str) -> str:

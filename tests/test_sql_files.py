@@ -1,15 +1,69 @@
-"""Every SQL file is used, and only from where SQL belongs."""
+"""SQL files: each used exactly where it belongs, and what migrations applied frozen.
+
+``pubsubpull/sql/migrations/NNNN_name.sql`` is applied by exactly one migration, the one
+numbered NNNN, and never edited once written (a change is a new file and a new migration:
+a database migrated long ago must have the same SQL as a new one). ``pubsubpull/sql/*.sql``
+(run-time queries and per-table capture templates) are each loaded by code by exact name.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import re
 from importlib.resources import files
 from pathlib import Path
 
 PACKAGE = Path(str(files("pubsubpull")))
+MIGRATION_SQL = PACKAGE / "sql" / "migrations"
+
+# sha256 of every migration SQL file. A new file adds a line; a changed line means a file
+# that migrations already applied was edited: write a new file and a new migration.
+FROZEN = {
+    "0001_save_request.sql": "6497c47316a18c610f32c1c0b7cb83ce8c7466b00de3accaf14bed8b76420ab4",
+    "0003_change_json.sql": "98819007e7f55c655e59fc6b6fa474e5595fb1074acf0c6edb6938a41a5adbfa",
+    "0004_wake_dispatcher.sql": (
+        "765dd371a88a395e8889fc6bad0ee336902ded2971c35615dd018373492d62db"
+    ),
+    "0006_drop_wake_dispatcher.sql": (
+        "480103d929f1b4b904b5c0fdf4f9bdd6a38ef2fb192e56f2e919f6083668056e"
+    ),
+}
 
 
-def test_every_sql_file_is_used_by_code_or_a_migration() -> None:
-    python = "\n".join(p.read_text() for p in PACKAGE.rglob("*.py"))
-    for sql_file in (PACKAGE / "sql").glob("*.sql"):
-        name = sql_file.stem
-        assert f'"{name}"' in python, f"{sql_file.name} is not loaded anywhere"
+def code(folder: Path) -> str:
+    return "\n".join(p.read_text() for p in sorted(folder.rglob("*.py")))
+
+
+def test_every_runtime_sql_file_is_loaded_by_exact_name_and_every_name_exists() -> None:
+    python = code(PACKAGE)
+    loaded = set(re.findall(r"\b(?:load|render)\(\s*\"([A-Za-z0-9_]+)\"", python))
+    present = {p.stem for p in (PACKAGE / "sql").glob("*.sql")}
+    assert loaded - present == set(), "loaded but missing"
+    assert present - loaded == set(), "SQL files no code loads"
+
+
+def test_every_migration_sql_file_is_applied_by_exactly_one_migration_of_its_number() -> None:
+    references: dict[str, list[str]] = {}
+    for migration in sorted((PACKAGE / "migrations").glob("0*.py")):
+        for name in re.findall(r"\bmigration_sql\(\s*\"([A-Za-z0-9_]+)\"", migration.read_text()):
+            references.setdefault(name, []).append(migration.stem)
+    present = {p.stem for p in MIGRATION_SQL.glob("*.sql")}
+    assert set(references) == present
+    for name, migrations in references.items():
+        assert len(migrations) == 1, f"{name}.sql is applied by {migrations}"
+        assert migrations[0][:4] == name[:4], f"{name}.sql is applied by {migrations[0]}"
+    assert not re.search(r"\bload\(", code(PACKAGE / "migrations")), "migrations load runtime SQL"
+
+
+def test_migration_sql_files_are_frozen() -> None:
+    hashes = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in MIGRATION_SQL.glob("*.sql")
+    }
+    assert set(hashes) == set(FROZEN), (
+        "a migration SQL file was added or removed: list it in FROZEN"
+    )
+    for name, digest in FROZEN.items():
+        assert hashes[name] == digest, (
+            f"{name} changed after migrations applied it: restore it, and put the change in "
+            "a new numbered file applied by a new migration"
+        )

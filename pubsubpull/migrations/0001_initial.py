@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import migrations, models
 
 import pubsubpull.fields
-from pubsubpull.sql import load
+from pubsubpull.sql import migration_sql
 
 
 class Migration(migrations.Migration):
@@ -95,6 +95,7 @@ class Migration(migrations.Migration):
             },
         ),
         migrations.RunSQL(
-            load("save_request"), "DROP FUNCTION IF EXISTS pubsubpull_save_request(jsonb)"
+            migration_sql("0001_save_request"),
+            "DROP FUNCTION IF EXISTS pubsubpull_save_request(jsonb)",
         ),
     ]

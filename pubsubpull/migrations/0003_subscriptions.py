@@ -5,7 +5,7 @@ from django.conf import settings
 from django.db import migrations, models
 
 import pubsubpull.models
-from pubsubpull.sql import load
+from pubsubpull.sql import migration_sql
 
 
 class Migration(migrations.Migration):
@@ -149,7 +149,9 @@ class Migration(migrations.Migration):
             ),
         ),
         migrations.RunSQL(
-            load("changed_fields") + load("request_json") + load("change_json"),
-            "DROP FUNCTION IF EXISTS pubsubpull_change_json(pubsubpull_change)",
+            migration_sql("0003_change_json"),
+            "DROP FUNCTION IF EXISTS pubsubpull_change_json(pubsubpull_change);"
+            "DROP FUNCTION IF EXISTS pubsubpull_request_json(uuid);"
+            "DROP FUNCTION IF EXISTS pubsubpull_changed_fields(jsonb, jsonb);",
         ),
     ]

@@ -1,6 +1,6 @@
 from django.db import migrations
 
-from pubsubpull.sql import load
+from pubsubpull.sql import migration_sql
 
 
 class Migration(migrations.Migration):
@@ -11,7 +11,7 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.RunSQL(
-            load("wake_dispatcher"),
+            migration_sql("0004_wake_dispatcher"),
             "DROP TRIGGER IF EXISTS pubsubpull_wake_dispatcher ON pubsubpull_change;"
             "DROP FUNCTION IF EXISTS pubsubpull_wake_dispatcher();",
         ),

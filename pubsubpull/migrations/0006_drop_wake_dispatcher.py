@@ -1,6 +1,6 @@
 from django.db import migrations
 
-from pubsubpull.sql import load
+from pubsubpull.sql import migration_sql
 
 
 class Migration(migrations.Migration):
@@ -9,5 +9,5 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.RunSQL(load("drop_wake_dispatcher"), migrations.RunSQL.noop),
+        migrations.RunSQL(migration_sql("0006_drop_wake_dispatcher"), migrations.RunSQL.noop),
     ]

@@ -1,3 +1,5 @@
+-- Applied by migration 0004_wake_dispatcher. Frozen: never edit this file; a change is a new
+-- numbered file applied by a new migration (tests/test_sql_files.py checks both).
 -- Wakes delivery when changes are written: after each statement that adds to the
 -- change log, queue one Procrastinate "pubsubpull.dispatch" job, unless one is already
 -- waiting (its queueing lock) or nobody subscribes. The job commits with the changes,
