@@ -12,7 +12,7 @@ from django.db.models import ForeignKey, QuerySet
 from django.http import HttpRequest
 
 from . import subscriptions
-from .models import Change, Delivery, Request, Subscription
+from .models import Change, Delivery, Request, Subscription, SubscriptionQuerySet
 from .positions import START
 
 
@@ -87,8 +87,9 @@ class SubscriptionForm(forms.ModelForm):  # type: ignore[type-arg]
 
     ``clean()`` passes the target, topics, filter, batch size and cursor to
     :func:`subscriptions.validate` with the subscription's owner (the form's owner when it
-    edits one, i.e. on the add form), so the admin accepts what a PUT accepts: no
-    ``python:`` target, no private or metadata address, only topics the owner may view.
+    edits one, i.e. on the add form), so the admin accepts what a PUT accepts: no local
+    receiver target (:data:`~pubsubpull.models.LOCAL_PREFIX`), no private or metadata
+    address, only topics the owner may view.
     A new subscription also counts against the owner's ``PUBSUBPULL["MAX_SUBSCRIPTIONS"]``
     (:func:`subscriptions.check_room`, whose advisory lock lasts until the admin's
     transaction commits the subscription).
@@ -214,9 +215,9 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         # is judged against a hidden initial value the browser sends back.
         edited = [field for field in TERMS_FIELDS if field in form.fields]  # not read-only
         if change and any(form.initial[field] != getattr(obj, field) for field in edited):
-            obj.batch_id = obj.batch_end = ""  # the batch in flight no longer applies
+            obj.drop_batch()  # the batch in flight no longer applies
         if "status" in form.changed_data and obj.status == Subscription.Status.ACTIVE:
-            obj.failures, obj.next_attempt, obj.last_error = 0, None, ""
+            obj.clear_failures()  # resumed
         super().save_model(request, obj, form, change)
 
     @admin.display(description="lag")
@@ -224,18 +225,16 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return subscriptions.lag(subscription)
 
     @admin.action(description="Pause the selected subscriptions")
-    def pause(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> None:
-        queryset.update(status=Subscription.Status.PAUSED)
+    def pause(self, request: HttpRequest, queryset: SubscriptionQuerySet) -> None:
+        queryset.pause()
 
     @admin.action(description="Resume the selected subscriptions (clears failures)")
-    def resume(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> None:
-        queryset.update(
-            status=Subscription.Status.ACTIVE, failures=0, next_attempt=None, last_error=""
-        )
+    def resume(self, request: HttpRequest, queryset: SubscriptionQuerySet) -> None:
+        queryset.resume()
 
     @admin.action(description="Replay the selected subscriptions from the start of the log")
-    def replay_from_start(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> None:
-        queryset.update(cursor=str(START), batch_id="", batch_end="")
+    def replay_from_start(self, request: HttpRequest, queryset: SubscriptionQuerySet) -> None:
+        queryset.replay(START)
         self.message_user(request, "To replay from a position, edit the subscription's cursor.")
 
 

@@ -24,11 +24,10 @@ from django.utils.module_loading import import_string
 
 from . import conf, pull, transport, webhooks
 from .crypto import decrypt
-from .models import Delivery, Subscription
+from .models import LOCAL_PREFIX, Delivery, Subscription
 from .positions import Position
 from .sql import load
 
-LOCAL_PREFIX = "python:"
 # First key of pubsubpull's advisory locks ("pspb"); the second is a subscription id
 # (an int4: ids past 2**31 would need the one-bigint form of the lock functions).
 CLAIMS = 0x70737062
@@ -69,6 +68,25 @@ def pending(
     )
 
 
+def pending_count(subscription: Subscription, cap: int) -> int:
+    """How many changes :func:`pending` would give, counted up to ``cap``.
+
+    Without a filter a count query, which builds no change JSON; with one, the filter is
+    evaluated on the changes one read may examine, as delivery does. Raises
+    :class:`pull.QueryFailed` when the filter fails, or it or the topics take too long.
+    """
+    if subscription.filter:
+        return len(pending(subscription, cap).results)
+    labels, events = pull.scope(subscription.owner)
+    return pull.count_changes(
+        labels,
+        Position.parse(subscription.cursor),
+        list(subscription.topics),
+        cap,
+        events=events,
+    )
+
+
 def next_batch(subscription: Subscription) -> Batch | None:
     """The batch in flight (a retry), else the next one; None when caught up.
 
@@ -84,8 +102,8 @@ def next_batch(subscription: Subscription) -> Batch | None:
         if page.first is not None:
             return Batch(subscription.batch_id, page.results, page.first, end)
         # nothing left in it (e.g. the owner lost a permission): drop the batch
-        Subscription.objects.filter(pk=subscription.pk).update(batch_id="", batch_end="")
-        subscription.batch_id = subscription.batch_end = ""
+        Subscription.objects.filter(pk=subscription.pk).drop_batch()
+        subscription.drop_batch()
     after = Position.parse(subscription.cursor)
     page = pending(subscription, subscription.batch_size)
     if not page.results:
@@ -179,18 +197,14 @@ def record(subscription: Subscription, batch: Batch, attempt: Attempt) -> dateti
             error=attempt.error,
             duration=attempt.duration,
         )
-        updates: dict[str, Any]
-        if attempt.ok:
-            updates = {
-                "cursor": str(batch.last), "batch_id": "", "batch_end": "", "failures": 0,
-                "last_error": "", "next_attempt": None, "last_delivered": now,
-            }  # fmt: skip
-            when: datetime | None = now
-        else:
-            updates, when = _failed(subscription, attempt, now)
         # Only the batch this attempt sent: a PUT that replayed or replaced the
         # subscription meanwhile wins.
-        Subscription.objects.filter(pk=subscription.pk, batch_id=batch.id).update(**updates)
+        in_flight = Subscription.objects.filter(pk=subscription.pk, batch_id=batch.id)
+        if attempt.ok:
+            in_flight.delivered(batch.last, now)
+            return now
+        updates, when = _failed(subscription, attempt, now)
+        in_flight.update(**updates)
     return when
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -137,11 +138,60 @@ class Token(models.Model):
         return f"{self.prefix}… ({self.user})"
 
 
+#: A subscription target naming a local receiver: ``python:<dotted.path>``.
+LOCAL_PREFIX = "python:"
+#: A subscription's batch size when none is given.
+DEFAULT_BATCH_SIZE = 100
+# The batch in flight, dropped: the next batch is read afresh from the cursor.
+_NO_BATCH: dict[str, Any] = {"batch_id": "", "batch_end": ""}
+# No failed attempt counted, none scheduled: the next attempt is due now.
+_NO_FAILURES: dict[str, Any] = {"failures": 0, "next_attempt": None, "last_error": ""}
+
+
+class SubscriptionQuerySet(models.QuerySet["Subscription"]):
+    """Subscriptions, with the updates that keep their delivery state consistent.
+
+    Each is one ``UPDATE`` of the rows selected, so a caller keeps its conditions (e.g.
+    ``filter(pk=..., batch_id=...)``: only while that batch is still in flight). Each
+    returns the number of rows updated.
+    """
+
+    def pause(self) -> int:
+        """Stop delivering until resumed; the cursor and the batch in flight stay."""
+        return self.update(status=Subscription.Status.PAUSED)
+
+    def resume(self) -> int:
+        """Deliver again, at once: failures, the retry time and the last error cleared."""
+        return self.update(status=Subscription.Status.ACTIVE, **_NO_FAILURES)
+
+    def replay(self, position: Position) -> int:
+        """Deliver the changes after ``position``: the batch in flight is dropped."""
+        return self.update(cursor=str(position), **_NO_BATCH)
+
+    def drop_batch(self) -> int:
+        """Forget the batch in flight: the next batch is read afresh from the cursor."""
+        return self.update(**_NO_BATCH)
+
+    def set_terms(self, **terms: Any) -> int:
+        """Change the target, topics or filter: the batch in flight, read under the old
+        terms, is dropped."""
+        return self.update(**terms, **_NO_BATCH)
+
+    def delivered(self, position: Position, at: datetime) -> int:
+        """A batch up to ``position`` was delivered ``at``: the cursor moves there, the
+        batch in flight and the failures are cleared."""
+        return self.update(cursor=str(position), last_delivered=at, **_NO_BATCH, **_NO_FAILURES)
+
+
 class Subscription(models.Model):
     """A subscriber's standing request for changes, delivered by background jobs.
 
-    ``target`` is an https URL (HTTP PUT of batches) or ``python:<dotted.path>`` for a
-    local receiver registered with :func:`pubsubpull.on`.
+    ``target`` is an https URL (HTTP PUT of batches) or ``python:<dotted.path>``
+    (:data:`LOCAL_PREFIX`) for a local receiver registered with :func:`pubsubpull.on`.
+
+    Change its delivery state with the methods of ``Subscription.objects``
+    (:class:`SubscriptionQuerySet`: ``pause()``, ``resume()``, ``replay(position)``, ...),
+    or with :meth:`drop_batch` and :meth:`clear_failures` before ``save()``.
     """
 
     class Status(models.TextChoices):
@@ -159,10 +209,12 @@ class Subscription(models.Model):
         help_text="empty for local receivers",
     )
     name = models.SlugField(max_length=100)
-    target = models.CharField(max_length=2000, help_text="https URL, or python:<dotted.path>")
+    target = models.CharField(
+        max_length=2000, help_text=f"https URL, or {LOCAL_PREFIX}<dotted.path>"
+    )
     topics = models.JSONField(default=list, blank=True, help_text="topic patterns; [] is all")
     filter = models.TextField(blank=True, default="", help_text="SQL/JSON path on the change")
-    batch_size = models.PositiveSmallIntegerField(default=100)
+    batch_size = models.PositiveSmallIntegerField(default=DEFAULT_BATCH_SIZE)
     secret = models.TextField(blank=True, default="", editable=False, help_text="encrypted")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
     cursor = models.CharField(
@@ -180,6 +232,8 @@ class Subscription(models.Model):
     last_delivered = models.DateTimeField(null=True, blank=True, editable=False)
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
+
+    objects = SubscriptionQuerySet.as_manager()
 
     class Meta:
         ordering = ["owner_id", "name"]
@@ -199,7 +253,19 @@ class Subscription(models.Model):
 
     @property
     def is_local(self) -> bool:
-        return self.target.startswith("python:")
+        """Whether the target is a local receiver (:data:`LOCAL_PREFIX`)."""
+        return self.target.startswith(LOCAL_PREFIX)
+
+    def drop_batch(self) -> None:
+        """Forget the batch in flight (on this instance: ``save()`` writes it)."""
+        for field, value in _NO_BATCH.items():
+            setattr(self, field, value)
+
+    def clear_failures(self) -> None:
+        """Clear the failures, retry time and last error, as resuming does (on this
+        instance: ``save()`` writes it)."""
+        for field, value in _NO_FAILURES.items():
+            setattr(self, field, value)
 
 
 class Delivery(_Immutable):

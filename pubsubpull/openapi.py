@@ -7,18 +7,21 @@ from typing import Any
 
 from django.conf import settings
 
-from . import __version__, conf, registry, subscriptions, targets
-from .models import Subscription
+from . import __version__, conf, positions, registry, subscriptions, targets, topics
+from .models import DEFAULT_BATCH_SIZE, Subscription
 
 JSON = "application/json"
 NULLABLE_OBJECT = {"type": ["object", "null"]}
 URL = {"type": "string", "format": "uri"}
-_WORD = r"([A-Za-z0-9_-]+|\*|#)"
-_PATTERN = rf"\s*{_WORD}(\.{_WORD})*\s*"
-POSITION = "^[0-9]{1,18}-[0-9]{1,18}$"  # (txid, id), each below 2**63
+_PATTERN = rf"\s*{topics.PATTERN}\s*"
+POSITION = f"^{positions.PATTERN}$"  # what pubsubpull.positions.Position.parse accepts
+SHAPE = f"^{positions.SHAPE}$"  # a position this server wrote
 TOPICS = rf"^{_PATTERN}(,{_PATTERN})*$"  # as pubsubpull.topics.parse accepts them
-TOPIC = rf"^{_WORD}(\.{_WORD})*$"  # one pattern, as pubsubpull.topics.validate accepts it
-NAME = "^[-a-zA-Z0-9_]{1,100}$"  # subscription names, as pubsubpull.subscriptions.NAME
+TOPIC = f"^{topics.PATTERN}$"  # one pattern, as pubsubpull.topics.validate accepts it
+NAME = f"^{subscriptions.NAME.pattern}$"  # subscription names
+# Its words: the path parameter's and a 404's description.
+NAME_RULE = f"1-{subscriptions.NAME_LENGTH} letters, digits, `-` or `_`"
+BATCH_SIZE = {"minimum": subscriptions.BATCH_SIZE[0], "maximum": subscriptions.BATCH_SIZE[1]}
 # What pubsubpull.targets checks before looking at the host: an http(s) URL of printable
 # ASCII without backslash or fragment. Whether the host may be sent to is not syntax.
 TARGET = r'^[Hh][Tt][Tt][Pp][Ss]?://[!"$-\[\]-~]+$'
@@ -138,7 +141,7 @@ def _paths() -> dict[str, Any]:
                         "after",
                         "A position: the `cursor` of a previous page or a change `id`; or "
                         "`now`: only changes not visible yet (with `wait`, the next ones).",
-                        {"type": "string", "pattern": "^(" + POSITION[1:-1] + "|now)$"},
+                        {"type": "string", "pattern": f"^({positions.PATTERN}|now)$"},
                         empty=True,
                     ),
                     _query(
@@ -177,8 +180,8 @@ def _paths() -> dict[str, Any]:
             "parameters": [
                 _path(
                     "name",
-                    "The subscription's name, unique per caller: 1-100 letters, digits, `-` or "
-                    "`_` (any other name is not found).",
+                    f"The subscription's name, unique per caller: {NAME_RULE} (any other name "
+                    "is not found).",
                     {"type": "string", "pattern": NAME, "examples": ["big-orders"]},
                 )
             ],
@@ -314,7 +317,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "id": {
                 "type": "string",
-                "pattern": "^[0-9]+-[0-9]+$",
+                "pattern": SHAPE,
                 "description": "Its position, to pass as `after`",
             },
             "seq": {"type": "integer", "description": "Order of recording (not of commit)"},
@@ -356,7 +359,7 @@ SCHEMAS: dict[str, Any] = {
             },
             "cursor": {
                 "type": "string",
-                "pattern": "^[0-9]+-[0-9]+$",
+                "pattern": SHAPE,
                 "description": "Where to continue (`after`), even past changes not shown",
             },
         },
@@ -391,7 +394,7 @@ SCHEMAS: dict[str, Any] = {
                 "null or empty for none.",
                 "examples": ["$.new.total > 100"],
             },
-            "batch_size": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+            "batch_size": {"type": "integer", **BATCH_SIZE, "default": DEFAULT_BATCH_SIZE},
             "secret": {
                 "type": ["string", "null"],
                 "writeOnly": True,
@@ -427,7 +430,7 @@ SCHEMAS: dict[str, Any] = {
             "target": {"type": "string", "description": "As normalised when saved"},
             "topics": {"type": "array", "items": {"type": "string"}},
             "filter": {"type": ["string", "null"]},
-            "batch_size": {"type": "integer", "minimum": 1, "maximum": 1000},
+            "batch_size": {"type": "integer", **BATCH_SIZE},
             "signed": {"type": "boolean", "description": "Whether it has a secret"},
             "status": {
                 "type": "string",
@@ -437,7 +440,7 @@ SCHEMAS: dict[str, Any] = {
             },
             "cursor": {
                 "type": "string",
-                "pattern": "^[0-9]+-[0-9]+$",
+                "pattern": SHAPE,
                 "description": "The last position delivered",
             },
             "lag": {
@@ -506,8 +509,8 @@ RESPONSES: dict[str, Any] = {
         {"allOf": [_ref("Error")], "properties": {"error": {"const": "csrf_failed"}}},
     ),
     "NoSubscription": _json(
-        "The caller has no subscription of that name, or the name is not 1-100 letters, "
-        "digits, `-` or `_` (`not_found`)",
+        f"The caller has no subscription of that name, or the name is not {NAME_RULE} "
+        "(`not_found`)",
         {"allOf": [_ref("Error")], "properties": {"error": {"const": "not_found"}}},
     ),
 }

@@ -10,7 +10,13 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-_FORMAT = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+_FORMAT = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")  # each number also below 2**63
+#: Positions as this server writes them (a change ``id``, a ``cursor``), as a regular
+#: expression.
+SHAPE = "[0-9]+-[0-9]+"
+#: Positions :meth:`Position.parse` accepts, as a regular expression for an API schema:
+#: numbers of up to 18 digits, all below 2**63 (parse also takes longer ones below it).
+PATTERN = "[0-9]{1,18}-[0-9]{1,18}"
 
 
 class InvalidPosition(ValueError):

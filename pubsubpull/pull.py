@@ -106,19 +106,14 @@ def changes_page(
     that fails or a read that takes too long raises :class:`QueryFailed`.
     """
     params: dict[str, Any] = {
-        "after_txid": str(after.txid),
-        "after_id": after.id,
+        **_visible(models, after, patterns, events),
         "until_txid": str(until.txid) if until else None,
         "until_id": until.id if until else None,
-        "models": models,
-        "events": events,
-        "topics": topics.any_regex(patterns),
-        "row_topics": topics.row_topics(models, patterns),
         "filter": filter or None,
         "scan_limit": max(limit, SCAN_LIMIT) if filter else None,
         "limit": limit,
     }
-    query = render("changes_page", matches=load("filter_matches"))
+    query = render("changes_page", matches=load("filter_matches"), visible=load("changes_visible"))
     seconds = float(conf.get("FILTER_TIMEOUT")) if patterns or filter else None
     with reader_errors(seconds), time_limit(connections[using], seconds) as cursor:
         cursor.execute(query, params)
@@ -128,6 +123,43 @@ def changes_page(
     last = Position.parse(rows[-1][2]) if results else None
     scanned_to = Position.parse(rows[0][1]) if rows[0][1] else None
     return ChangesPage(results, first, last, int(rows[0][0]), scanned_to)
+
+
+def count_changes(
+    models: list[str],
+    after: Position,
+    patterns: list[str],
+    cap: int,
+    using: str = "default",
+    *,
+    events: bool = False,
+) -> int:
+    """How many changes :func:`changes_page` would give without a filter (after ``after``,
+    below the horizon, of these model labels, custom events if ``events``, and topic
+    patterns), counted up to ``cap``; no JSON is built.
+
+    A count with topics runs under ``PUBSUBPULL["FILTER_TIMEOUT"]``, and raises
+    :class:`QueryFailed` when it takes longer.
+    """
+    query = render("changes_count", visible=load("changes_visible"))
+    seconds = float(conf.get("FILTER_TIMEOUT")) if patterns else None
+    with reader_errors(seconds), time_limit(connections[using], seconds) as cursor:
+        cursor.execute(query, {**_visible(models, after, patterns, events), "cap": cap})
+        return int(cursor.fetchone()[0])
+
+
+def _visible(
+    models: list[str], after: Position, patterns: list[str], events: bool
+) -> dict[str, Any]:
+    """The parameters of ``changes_visible.sql``."""
+    return {
+        "after_txid": str(after.txid),
+        "after_id": after.id,
+        "models": models,
+        "events": events,
+        "topics": topics.any_regex(patterns),
+        "row_topics": topics.row_topics(models, patterns),
+    }
 
 
 @contextmanager

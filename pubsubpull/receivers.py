@@ -57,12 +57,12 @@ def sync() -> None:
     New receivers start at the present; receivers no longer registered keep their
     row (delete it in the admin if the function is gone for good).
     """
-    from .models import Subscription
+    from .models import LOCAL_PREFIX, Subscription
     from .pull import now
 
     for receiver in registered():
         values = {
-            "target": f"python:{receiver.path}",
+            "target": f"{LOCAL_PREFIX}{receiver.path}",
             "topics": list(receiver.topics),
             "filter": receiver.filter,
         }
@@ -70,6 +70,4 @@ def sync() -> None:
         if subscription is None:
             Subscription.objects.create(owner=None, name=receiver.name, cursor=str(now()), **values)
         elif any(getattr(subscription, k) != v for k, v in values.items()):
-            Subscription.objects.filter(pk=subscription.pk).update(
-                batch_id="", batch_end="", **values
-            )
+            Subscription.objects.filter(pk=subscription.pk).set_terms(**values)

@@ -10,12 +10,14 @@ from django.db import connection, transaction
 
 from . import conf, events, pull, registry, targets, topics, webhooks
 from .crypto import encrypt
-from .delivery import pending
-from .models import Subscription
+from .delivery import pending_count
+from .models import DEFAULT_BATCH_SIZE, Subscription
 from .positions import InvalidPosition, Position
 from .sql import load, render
 
-NAME = re.compile(r"[-a-zA-Z0-9_]{1,100}")
+NAME_LENGTH = 100  # characters of a subscription name, at most
+NAME = re.compile(rf"[-a-zA-Z0-9_]{{1,{NAME_LENGTH}}}")
+BATCH_SIZE = (1, 1000)  # the least and the most changes a batch may be asked to hold
 FIELDS = {"target", "topics", "filter", "batch_size", "secret", "status", "cursor"}
 LAG_CAP = 10_000
 OWNER_LOCKS = 0x70737073  # first key of the advisory lock taken to create ("psps")
@@ -117,8 +119,9 @@ def _filter(value: Any) -> str:
 
 
 def _batch_size(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
-        raise ValueError("must be an integer from 1 to 1000")
+    least, most = BATCH_SIZE
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+        raise ValueError(f"must be an integer from {least} to {most}")
     return value
 
 
@@ -152,7 +155,7 @@ def save(owner: Any, name: str, values: dict[str, Any]) -> tuple[Subscription, b
     Replacing keeps the cursor, status and secret unless the body sets them; setting
     ``status`` to ``active`` also clears failures (resume), setting ``cursor`` replays.
     """
-    defaults = {"topics": [], "filter": "", "batch_size": 100}
+    defaults = {"topics": [], "filter": "", "batch_size": DEFAULT_BATCH_SIZE}
     with transaction.atomic():
         subscription = Subscription.objects.select_for_update().filter(owner=owner, name=name)
         existing = subscription.first()
@@ -163,8 +166,8 @@ def save(owner: Any, name: str, values: dict[str, Any]) -> tuple[Subscription, b
         for field, value in {**defaults, **values}.items():
             setattr(existing, field, value)
         if values.get("status") == Subscription.Status.ACTIVE or created:
-            existing.failures, existing.next_attempt, existing.last_error = 0, None, ""
-        existing.batch_id = existing.batch_end = ""  # the next batch follows the new terms
+            existing.clear_failures()  # resumed
+        existing.drop_batch()  # the next batch follows the new terms
         existing.save()
     return existing, created
 
@@ -194,7 +197,7 @@ def lag(subscription: Subscription) -> int | None:
     """Changes below the horizon not yet delivered (counted up to LAG_CAP, and among the
     changes one read may examine); None when its filter fails or is too slow."""
     try:
-        return len(pending(subscription, LAG_CAP).results)
+        return pending_count(subscription, LAG_CAP)
     except pull.QueryFailed:
         return None
 

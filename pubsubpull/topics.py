@@ -7,7 +7,13 @@ from collections.abc import Iterable
 
 from . import conf
 
-_WORD = re.compile(r"[A-Za-z0-9_\-]+")
+#: A word of a topic, as a regular expression.
+WORD = "[A-Za-z0-9_-]+"
+_WORD = re.compile(WORD)
+_PATTERN_WORD = rf"({WORD}|\*|#)"  # a word, or a wildcard: * one word, # zero or more
+#: One topic pattern, as a regular expression (what :func:`validate` accepts, less its
+#: length limit).
+PATTERN = rf"{_PATTERN_WORD}(\.{_PATTERN_WORD})*"
 MAX_LENGTH = 255  # characters of one pattern
 
 

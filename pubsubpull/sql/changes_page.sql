@@ -1,10 +1,8 @@
 -- One page of the change log as JSON text, in position order, below the safe horizon.
--- Parameters: after_txid, after_id; until_txid, until_id (inclusive upper bound, or
--- NULL); models (text[] of model labels the reader may view); events (whether the
--- reader may see custom events); topics (one regex on '.' || topic, or NULL for all;
--- custom events are matched with it) and row_topics (the row-change topics it matches);
--- filter (jsonpath on the change JSON, or NULL); scan_limit (with a filter: how many
--- changes one read may build and test at most); limit.
+-- Parameters: those of changes_visible.sql (after_txid, after_id, models, events, topics,
+-- row_topics); until_txid, until_id (inclusive upper bound, or NULL); filter (jsonpath on
+-- the change JSON, or NULL); scan_limit (with a filter: how many changes one read may
+-- build and test at most); limit.
 -- The first row always comes, with the horizon and, when the scan limit cut the read
 -- short, the position of the last change it examined; page rows follow it (LEFT JOIN).
 -- Performance: "candidates" has no ORDER BY and compares txid with a scalar subquery, so
@@ -17,14 +15,9 @@ WITH horizon AS (
     -- what the reader may see and asked for, before any JSON is built
     SELECT c.txid, c.id, c AS change
     FROM pubsubpull_change c
-    WHERE (c.txid, c.id) > (%(after_txid)s::xid8, %(after_id)s::bigint)
+    WHERE {{visible}}
       AND (%(until_id)s::bigint IS NULL
            OR (c.txid, c.id) <= (%(until_txid)s::xid8, %(until_id)s::bigint))
-      AND c.txid < (SELECT xmin FROM horizon)
-      AND (c.model = ANY (%(models)s::text[]) OR (%(events)s AND c."table" = ''))
-      AND (%(topics)s::text IS NULL
-           OR (c."table" <> '' AND c.topic = ANY (%(row_topics)s::text[]))
-           OR (c."table" = '' AND ('.' || c.topic) ~ %(topics)s::text))
 ), scan_end AS (
     -- with a filter and more than scan_limit changes selected: the last one examined
     SELECT txid, id FROM selected

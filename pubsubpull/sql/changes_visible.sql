@@ -1,0 +1,14 @@
+-- The changes after a position that a reader may see and asked for: a condition on the
+-- change "c", rendered into changes_page.sql and changes_count.sql (which define the
+-- "horizon" CTE). After the position, below the safe horizon, of the models the reader
+-- may view (or a custom event, if it may see them), and of its topics.
+-- Parameters: after_txid, after_id; models (text[] of model labels the reader may view);
+-- events (whether the reader may see custom events); topics (one regex on '.' || topic,
+-- or NULL for all; custom events are matched with it) and row_topics (the row-change
+-- topics it matches).
+(c.txid, c.id) > (%(after_txid)s::xid8, %(after_id)s::bigint)
+      AND c.txid < (SELECT xmin FROM horizon)
+      AND (c.model = ANY (%(models)s::text[]) OR (%(events)s AND c."table" = ''))
+      AND (%(topics)s::text IS NULL
+           OR (c."table" <> '' AND c.topic = ANY (%(row_topics)s::text[]))
+           OR (c."table" = '' AND ('.' || c.topic) ~ %(topics)s::text))
