@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import difflib
+import math
+from collections.abc import Collection
 from typing import Any
 
 from django.apps import apps
 from django.conf import settings
 from django.core import checks
-from django.db import connections
+from django.db import DatabaseError, NotSupportedError, connections
 from django.db.models import CompositePrimaryKey
 
 from . import registry
 
 MIDDLEWARE = "pubsubpull.middleware.RequestMiddleware"
+POSTGRESQL = 14  # oldest major version (xid8 and pg_current_xact_id() came in 13)
 
 
 @checks.register(checks.Tags.compatibility)
@@ -25,6 +29,38 @@ def check_database(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         checks.Error(
             f"pubsubpull needs PostgreSQL 14 or later; the default database is {vendor}.",
             hint="Set DATABASES['default']['ENGINE'] to 'django.db.backends.postgresql'.",
+            id="pubsubpull.E001",
+        )
+    ]
+
+
+@checks.register(checks.Tags.database)
+def check_database_version(
+    app_configs: Any = None, databases: Collection[str] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """E001: the default database's server must be PostgreSQL 14 or later.
+
+    A database check: it connects, so it runs only when Django asks for database checks
+    (``migrate``, ``check --database default``, the test runner), and says nothing
+    when the server cannot be reached.
+    """
+    connection = connections["default"]
+    if not databases or "default" not in databases or connection.vendor != "postgresql":
+        return []
+    try:
+        version = int(connection.pg_version)  # type: ignore[attr-defined]
+    except NotSupportedError as error:  # Django refused the server itself
+        found = f"Django refused the server: {error}"
+    except DatabaseError:
+        return []  # unreachable now: the problem is not ours to report
+    else:
+        if version >= POSTGRESQL * 10000:
+            return []
+        found = f"the default database runs {version // 10000}.{version % 10000}"
+    return [
+        checks.Error(
+            f"pubsubpull needs PostgreSQL {POSTGRESQL} or later; {found}",
+            hint=f"Upgrade the server to PostgreSQL {POSTGRESQL} or later.",
             id="pubsubpull.E001",
         )
     ]
@@ -88,21 +124,26 @@ def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[checks.Chec
 
 @checks.register()
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """E005 unusable ALLOWED_TARGETS entry, E006 event label that is a tracked model,
-    E008 unusable POLL_INTERVAL, E009 unusable limit, E010 unusable request query options."""
+    """One check per key of ``PUBSUBPULL``: E005 ALLOWED_TARGETS, E006 an EVENTS label
+    that is a tracked model, E008 POLL_INTERVAL, E009 limits, E010 REQUEST_QUERY and
+    REDACT_QUERY, E011 ``PUBSUBPULL`` not a dict, E012 unknown key, E013 TRACK,
+    E014 EVENTS, E015 MAX_FAILURES, E016 RETRY_BASE and RETRY_CAP, E017
+    DELIVERY_TIMEOUT, E018 MAX_WAIT, E019 SWEEP_INTERVAL, E020 PAGE_SIZE and
+    MAX_PAGE_SIZE."""
     from . import conf, events, targets
 
-    errors: list[checks.CheckMessage] = []
+    errors = _check_keys(conf)
     allowed = conf.get("ALLOWED_TARGETS")
-    if isinstance(allowed, str):
-        allowed = [allowed]  # reported below as one entry: a list was meant
+    if isinstance(allowed, str) or not isinstance(allowed, list | tuple):
         errors.append(
             checks.Error(
-                "PUBSUBPULL['ALLOWED_TARGETS'] must be a list of URL prefixes, not a string.",
+                f"PUBSUBPULL['ALLOWED_TARGETS'] must be a list of URL prefixes, not {allowed!r}.",
                 hint='e.g. ["http://127.0.0.1:8001/"]',
                 id="pubsubpull.E005",
             )
         )
+        # a string is reported below as one entry too: a list was meant
+        allowed = [allowed] if isinstance(allowed, str) else []
     for prefix in allowed:
         problem = targets.prefix_problem(prefix)
         if problem:
@@ -126,14 +167,151 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             )
         )
     errors += _check_limits(conf)
-    for label in events.labels():
-        if label in registry.labels():
+    errors += _check_track(conf)
+    if _is_names(conf.get("EVENTS")):
+        for label in events.labels():
+            if label in registry.labels():
+                errors.append(
+                    checks.Error(
+                        f"PUBSUBPULL['EVENTS'] names {label!r}, which is a tracked model.",
+                        hint="Custom event labels must differ from tracked models' labels: "
+                        "their topics would mix with the row changes.",
+                        id="pubsubpull.E006",
+                    )
+                )
+    else:
+        errors.append(
+            checks.Error(
+                f"PUBSUBPULL['EVENTS'] must be a list of event labels, not {conf.get('EVENTS')!r}.",
+                hint='e.g. ["billing.invoice"]: pubsubpull.publish("billing.invoice.paid", '
+                "...) then appends events of that label.",
+                id="pubsubpull.E014",
+            )
+        )
+    errors += _check_numbers(conf)
+    return errors
+
+
+def _is_names(value: object) -> bool:
+    """A list (or tuple) of non-empty strings."""
+    return isinstance(value, list | tuple) and all(isinstance(v, str) and v for v in value)
+
+
+def _is_number(value: object, integer: bool = False) -> bool:
+    """An int, or unless ``integer`` a finite float; never a bool."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (
+        not integer and isinstance(value, float) and math.isfinite(value)
+    )
+
+
+def _check_keys(conf: Any) -> list[checks.CheckMessage]:
+    """E011 ``PUBSUBPULL`` is not a dict, E012 a key pubsubpull does not read."""
+    raw = getattr(settings, "PUBSUBPULL", {})
+    if not isinstance(raw, dict):
+        return [
+            checks.Error(
+                f"PUBSUBPULL must be a dict of settings, not {raw!r}; every default applies.",
+                hint='e.g. PUBSUBPULL = {"TRACK": {"shop.order": {}}}, or leave it out.',
+                id="pubsubpull.E011",
+            )
+        ]
+    errors: list[checks.CheckMessage] = []
+    for key in raw:
+        if key in conf.DEFAULTS:
+            continue
+        close = difflib.get_close_matches(str(key).upper(), conf.DEFAULTS, n=3)
+        errors.append(
+            checks.Error(
+                f"PUBSUBPULL has an unknown key {key!r}, which pubsubpull ignores.",
+                hint=f"Did you mean {' or '.join(map(repr, close))}?"
+                if close
+                else f"The keys are {', '.join(conf.DEFAULTS)}.",
+                id="pubsubpull.E012",
+            )
+        )
+    return errors
+
+
+def _check_track(conf: Any) -> list[checks.CheckMessage]:
+    """E013: TRACK is a dict of model label -> {} or {"exclude": [field names]}."""
+    track = conf.get("TRACK")
+    example = 'e.g. {"auth.user": {"exclude": ["password"]}, "shop.order": {}}'
+    if not isinstance(track, dict):
+        return [
+            checks.Error(
+                f"PUBSUBPULL['TRACK'] must be a dict of model label -> options, not {track!r}.",
+                hint=example,
+                id="pubsubpull.E013",
+            )
+        ]
+    errors: list[checks.CheckMessage] = []
+    for label, options in track.items():
+        if not isinstance(label, str):
             errors.append(
                 checks.Error(
-                    f"PUBSUBPULL['EVENTS'] names {label!r}, which is a tracked model.",
-                    hint="Custom event labels must differ from tracked models' labels: "
-                    "their topics would mix with the row changes.",
-                    id="pubsubpull.E006",
+                    f"PUBSUBPULL['TRACK'] has the key {label!r}, which is not a model label.",
+                    hint=f"Keys are 'app_label.model_name' strings: {example}.",
+                    id="pubsubpull.E013",
+                )
+            )
+        elif not conf.is_track_options(options):
+            errors.append(
+                checks.Error(
+                    f"PUBSUBPULL['TRACK'][{label!r}] must be {{}} or {{'exclude': [field "
+                    f"names]}}, not {options!r}: {label} is not tracked.",
+                    hint="The one option is 'exclude', a list of the fields left out of the "
+                    f"changes: {example}.",
+                    id="pubsubpull.E013",
+                )
+            )
+    return errors
+
+
+# key -> (id, integer only, smallest, whether the smallest itself is allowed, what it is)
+NUMBERS: dict[str, tuple[str, bool, float, bool, str]] = {
+    "MAX_FAILURES": ("E015", True, 1, True, "Failed deliveries before a subscription fails"),
+    "RETRY_BASE": ("E016", False, 0, False, "Seconds before the first retry"),
+    "RETRY_CAP": ("E016", False, 0, False, "Seconds of the longest retry delay"),
+    "DELIVERY_TIMEOUT": ("E017", False, 0, False, "Seconds a delivery attempt may take"),
+    "MAX_WAIT": ("E018", False, 0, True, "Longest wait of a long poll in seconds (0: none)"),
+    "SWEEP_INTERVAL": ("E019", True, 1, True, "Seconds between the worker's sweeps"),
+    "MAX_PAGE_SIZE": ("E020", True, 1, True, "Largest 'limit' of a pull page"),
+    "PAGE_SIZE": ("E020", True, 1, True, "'limit' of a pull page that gives none"),
+}
+
+
+def _check_numbers(conf: Any) -> list[checks.CheckMessage]:
+    """E015-E020: delivery and pull settings that are numbers, each at least its smallest;
+    RETRY_BASE at most RETRY_CAP, PAGE_SIZE at most MAX_PAGE_SIZE."""
+    errors: list[checks.CheckMessage] = []
+    usable: dict[str, float] = {}
+    for key, (code, integer, low, inclusive, what) in NUMBERS.items():
+        value = conf.get(key)
+        if _is_number(value, integer) and (value >= low if inclusive else value > low):
+            usable[key] = value
+            continue
+        kind = "an integer" if integer else "a number"
+        bound = f"at least {low}" if inclusive else f"above {low}"
+        errors.append(
+            checks.Error(
+                f"PUBSUBPULL[{key!r}] must be {kind} {bound}, not {value!r}.",
+                hint=f"{what}; leave it out for the default, {conf.DEFAULTS[key]!r}.",
+                id=f"pubsubpull.{code}",
+            )
+        )
+    for lesser, greater, code in (
+        ("RETRY_BASE", "RETRY_CAP", "E016"),
+        ("PAGE_SIZE", "MAX_PAGE_SIZE", "E020"),
+    ):
+        if lesser in usable and greater in usable and usable[lesser] > usable[greater]:
+            errors.append(
+                checks.Error(
+                    f"PUBSUBPULL[{lesser!r}] ({usable[lesser]!r}) is above "
+                    f"PUBSUBPULL[{greater!r}] ({usable[greater]!r}).",
+                    hint=f"Make {lesser} at most {greater}.",
+                    id=f"pubsubpull.{code}",
                 )
             )
     return errors
@@ -151,14 +329,18 @@ LIMITS: dict[str, tuple[type, float, float]] = {
 
 def _check_limits(conf: Any) -> list[checks.CheckMessage]:
     errors: list[checks.CheckMessage] = []
-    for key, (kind, low, high) in LIMITS.items():
+    for key, (kind, lesser, greater) in LIMITS.items():
         value = conf.get(key)
         types = int if kind is int else int | float
-        if isinstance(value, bool) or not isinstance(value, types) or not low <= value <= high:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, types)
+            or not lesser <= value <= greater
+        ):
             errors.append(
                 checks.Error(
                     f"PUBSUBPULL[{key!r}] must be {'an integer' if kind is int else 'a number'} "
-                    f"from {low} to {high}, not {value!r}.",
+                    f"from {lesser} to {greater}, not {value!r}.",
                     hint=f"Leave it out for the default, {conf.DEFAULTS[key]!r}.",
                     id="pubsubpull.E009",
                 )

@@ -1,10 +1,16 @@
-"""Settings: one ``PUBSUBPULL`` dict, read on use, each key with a documented default."""
+"""Settings: one ``PUBSUBPULL`` dict, read on use, each key with a documented default.
+
+:data:`settings` reads it with one typed property per key (``conf.settings.MAX_TOPICS``
+is an ``int``); :func:`get` reads a key by name. Values are returned as set: the system
+checks (``checks.py``) report unknown keys and values of the wrong type or range.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypedDict, cast
 
-from django.conf import settings
+from django.conf import settings as django_settings
 
 DEFAULTS: dict[str, Any] = {
     # label ("app_label.model_name") -> options ({"exclude": [field names]})
@@ -48,18 +54,153 @@ DEFAULTS: dict[str, Any] = {
         "sig",
         "signature",
         "token",
-    ],  # fmt: skip
+    ],
 }
 
 
+class TrackOptions(TypedDict, total=False):
+    """Options of a model tracked from ``PUBSUBPULL["TRACK"]``."""
+
+    exclude: Sequence[str]  # field names left out of the change documents
+
+
+def configured() -> dict[Any, Any]:
+    """``PUBSUBPULL`` as set: ``{}`` when absent or not a dict (check E011)."""
+    value = getattr(django_settings, "PUBSUBPULL", {})
+    return value if isinstance(value, dict) else {}
+
+
 def get(name: str) -> Any:
-    """The value of ``PUBSUBPULL[name]``, or its default."""
+    """The value of ``PUBSUBPULL[name]``, or its default (untyped: see :data:`settings`)."""
     if name not in DEFAULTS:
         raise KeyError(f"unknown pubsubpull setting {name!r}")
-    return getattr(settings, "PUBSUBPULL", {}).get(name, DEFAULTS[name])
+    return configured().get(name, DEFAULTS[name])
 
 
-def track() -> dict[str, dict[str, Any]]:
-    """``PUBSUBPULL["TRACK"]``: models tracked from settings, label -> options."""
+def is_track_options(options: object) -> bool:
+    """Whether a ``TRACK`` entry's options are usable: ``{}``, ``None`` or
+    ``{"exclude": [field names]}``."""
+    if options is None:
+        return True
+    if not isinstance(options, dict) or set(options) - set(TrackOptions.__annotations__):
+        return False
+    exclude = options.get("exclude", [])
+    return isinstance(exclude, list | tuple) and all(isinstance(n, str) for n in exclude)
+
+
+def track() -> dict[str, TrackOptions]:
+    """``PUBSUBPULL["TRACK"]``: models tracked from settings, label -> options.
+
+    Entries that are not usable (check E013) are left out, so a mistyped ``exclude``
+    cannot start publishing a field it meant to hide.
+    """
     value = get("TRACK")
-    return value if isinstance(value, dict) else {}
+    if not isinstance(value, dict):
+        return {}
+    return {
+        label: cast(TrackOptions, options or {})
+        for label, options in value.items()
+        if isinstance(label, str) and is_track_options(options)
+    }
+
+
+class Settings:
+    """``PUBSUBPULL`` with one typed property per key, each its default when not set."""
+
+    @property
+    def TRACK(self) -> dict[str, TrackOptions]:
+        """Models tracked from settings, label -> options (usable entries only)."""
+        return track()
+
+    @property
+    def EVENTS(self) -> Sequence[str]:
+        """Labels of custom events published with ``pubsubpull.publish``."""
+        return cast(Sequence[str], get("EVENTS"))
+
+    @property
+    def ALLOWED_TARGETS(self) -> Sequence[str]:
+        """URL prefixes always allowed as subscription targets."""
+        return cast(Sequence[str], get("ALLOWED_TARGETS"))
+
+    @property
+    def MAX_FAILURES(self) -> int:
+        """Failed deliveries in a row before a subscription is ``failing``."""
+        return cast(int, get("MAX_FAILURES"))
+
+    @property
+    def RETRY_BASE(self) -> float:
+        """Seconds before the first retry, doubled each time (with jitter)."""
+        return cast(float, get("RETRY_BASE"))
+
+    @property
+    def RETRY_CAP(self) -> float:
+        """Longest retry delay, in seconds."""
+        return cast(float, get("RETRY_CAP"))
+
+    @property
+    def DELIVERY_TIMEOUT(self) -> float:
+        """Seconds an HTTP delivery attempt may take, all included."""
+        return cast(float, get("DELIVERY_TIMEOUT"))
+
+    @property
+    def MAX_WAIT(self) -> float:
+        """Longest ``wait=`` of a long poll, in seconds."""
+        return cast(float, get("MAX_WAIT"))
+
+    @property
+    def SWEEP_INTERVAL(self) -> int:
+        """Seconds between the worker's sweeps for missed wake-ups."""
+        return cast(int, get("SWEEP_INTERVAL"))
+
+    @property
+    def POLL_INTERVAL(self) -> float:
+        """Seconds between two looks at the log's tail by each waiting process."""
+        return cast(float, get("POLL_INTERVAL"))
+
+    @property
+    def PAGE_SIZE(self) -> int:
+        """Default ``limit`` of pull pages."""
+        return cast(int, get("PAGE_SIZE"))
+
+    @property
+    def MAX_PAGE_SIZE(self) -> int:
+        """Largest ``limit`` of pull pages."""
+        return cast(int, get("MAX_PAGE_SIZE"))
+
+    @property
+    def MAX_TOPICS(self) -> int:
+        """Topic patterns per subscription or pull request."""
+        return cast(int, get("MAX_TOPICS"))
+
+    @property
+    def MAX_FILTER_LENGTH(self) -> int:
+        """Characters of a subscription's jsonpath filter."""
+        return cast(int, get("MAX_FILTER_LENGTH"))
+
+    @property
+    def FILTER_TIMEOUT(self) -> float:
+        """Seconds a query evaluating a user's filter or topic patterns may run."""
+        return cast(float, get("FILTER_TIMEOUT"))
+
+    @property
+    def MAX_SUBSCRIPTIONS(self) -> int:
+        """Subscriptions per owner."""
+        return cast(int, get("MAX_SUBSCRIPTIONS"))
+
+    @property
+    def MAX_WAITING(self) -> int:
+        """Long polls waiting at once in one process."""
+        return cast(int, get("MAX_WAITING"))
+
+    @property
+    def REQUEST_QUERY(self) -> bool:
+        """Whether writing requests' query strings are recorded (redacted)."""
+        return cast(bool, get("REQUEST_QUERY"))
+
+    @property
+    def REDACT_QUERY(self) -> Sequence[str]:
+        """Parts of query parameter names whose values are recorded as ``REDACTED``."""
+        return cast(Sequence[str], get("REDACT_QUERY"))
+
+
+settings = Settings()
