@@ -10,7 +10,7 @@ from typing import Any
 from django.apps import apps
 from django.conf import settings
 from django.core import checks
-from django.db import DatabaseError, NotSupportedError, connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, NotSupportedError, connections, router
 from django.db.models import CompositePrimaryKey
 
 from . import registry
@@ -104,6 +104,36 @@ def check_tracked_models(app_configs: Any = None, **kwargs: Any) -> list[checks.
                         id="pubsubpull.E003",
                     )
                 )
+    return errors
+
+
+@checks.register(checks.Tags.models)
+def check_routers(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """E021: pubsubpull's tables and the tracked tables must be written in the default
+    database (the change log, its triggers, the pull API and delivery all use it)."""
+    if not router.routers:
+        return []
+    errors: list[checks.CheckMessage] = []
+    own = list(apps.get_app_config("pubsubpull").get_models())
+    for model in own + [t.model for t in registry.tracked()]:
+        meta = model._meta
+        written = router.db_for_write(model)
+        migrated = model not in own or router.allow_migrate(
+            DEFAULT_DB_ALIAS, meta.app_label, model_name=meta.model_name
+        )
+        if written == DEFAULT_DB_ALIAS and migrated:
+            continue
+        where = f"written to {written!r}" if written != DEFAULT_DB_ALIAS else "not migrated"
+        errors.append(
+            checks.Error(
+                f"DATABASE_ROUTERS send {meta.label_lower} elsewhere than the default "
+                f"database ({where}); pubsubpull works in the default database only.",
+                hint="Route pubsubpull's models and the tracked models to 'default' "
+                "(db_for_write, allow_migrate), or stop tracking the model.",
+                obj=model,
+                id="pubsubpull.E021",
+            )
+        )
     return errors
 
 

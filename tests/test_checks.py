@@ -15,6 +15,7 @@ from django.conf import settings
 from django.core import checks
 from django.db import OperationalError, connection, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Model
 from django.test import override_settings
 
 from pubsubpull import conf
@@ -22,6 +23,7 @@ from pubsubpull.checks import (
     check_database,
     check_database_version,
     check_middleware,
+    check_routers,
     check_settings,
     check_tracked_models,
 )
@@ -356,3 +358,39 @@ def test_numbers_accept_their_range() -> None:
     }
     with override_settings(PUBSUBPULL=options):
         assert check_settings() == []
+
+
+class Elsewhere:
+    """A database router sending one app's models to another database."""
+
+    def __init__(self, app_label: str, migrate: bool = True) -> None:
+        self.app_label, self.migrate = app_label, migrate
+
+    def db_for_write(self, model: type[Model], **hints: object) -> str | None:
+        return "other" if model._meta.app_label == self.app_label and self.migrate else None
+
+    def allow_migrate(self, db: str, app_label: str, **hints: object) -> bool | None:
+        return self.migrate if app_label == self.app_label else None
+
+
+@pytest.mark.parametrize(
+    ("router", "label", "where"),
+    [
+        (Elsewhere("shop"), "shop.customer", "written to 'other'"),
+        (Elsewhere("pubsubpull"), "pubsubpull.change", "written to 'other'"),
+        (Elsewhere("pubsubpull", migrate=False), "pubsubpull.change", "not migrated"),
+    ],
+)
+def test_e021_tables_routed_away_from_the_default_database(
+    router: Elsewhere, label: str, where: str
+) -> None:
+    with override_settings(DATABASE_ROUTERS=[router]):
+        errors = check_routers()
+    assert {e.id for e in errors} == {"pubsubpull.E021"}
+    (error,) = [e for e in errors if label in e.msg]
+    assert where in error.msg and "default database only" in error.msg and error.hint
+
+
+def test_routers_keeping_pubsubpull_in_the_default_database_pass() -> None:
+    with override_settings(DATABASE_ROUTERS=[Elsewhere("sessions")]):
+        assert check_routers() == []
