@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -16,8 +17,9 @@ from django.db import connection
 from django.test import Client
 
 import pubsubpull
-from pubsubpull import auth, openapi, targets
+from pubsubpull import auth, openapi, targets, topics
 from pubsubpull.auth import create_token
+from pubsubpull.positions import Position
 from pubsubpull.webhooks import generate_secret
 from test_project.shop.models import Customer, Order, Product
 
@@ -274,3 +276,27 @@ def test_a_name_ending_in_a_newline_is_not_found(client: Client, user: User, nam
     body = json.dumps({"target": LOOPBACK_TARGET})
     response = client.put(f"/pubsubpull/subscriptions/{name}/", body, "application/json")
     assert response.status_code == 404, response.content
+
+
+@pytest.mark.parametrize(
+    "value", ["0-0", "1-2", "999999999999999999-999999999999999999", "9223372036854775807-1"]
+)
+def test_positions_the_description_allows_are_positions_the_server_parses(value: str) -> None:
+    described = re.fullmatch(openapi.POSITION, value) is not None
+    if described:
+        assert str(Position.parse(value)) == value
+    assert described == (len(value.split("-")[0]) <= 18)  # longer: parse checks 2**63
+
+
+@pytest.mark.parametrize(
+    "pattern", ["shop.order", "shop.*.insert", "#", "*.*", "a-b_c.#.x", "", "a..b", "a.b c", "é"]
+)
+def test_topic_patterns_the_description_allows_are_the_ones_the_server_accepts(
+    pattern: str,
+) -> None:
+    try:
+        topics.validate(pattern)
+        accepted = True
+    except topics.InvalidPattern:
+        accepted = False
+    assert (re.fullmatch(openapi.TOPIC, pattern) is not None) == accepted
