@@ -40,8 +40,9 @@ def _install_triggers(using: str = "default", verbosity: int = 1, **kwargs: Any)
     register the local receivers (``@pubsubpull.on``) as subscriptions."""
     from . import capture, receivers
 
-    if using == "default":
-        receivers.sync()
+    if using != "default":
+        return  # pubsubpull lives in the default database only (check E021)
+    receivers.sync()
     for item in capture.install(using):
         if item.state != "current" and verbosity >= 1:
             action = "Dropped" if item.state == "orphaned" else "Installed"
