@@ -93,9 +93,7 @@ def clerk() -> User:
 
 @pytest.fixture
 def clerk_client(clerk: User) -> Client:
-    client = Client()
-    client.force_login(clerk)
-    return client
+    return logged_in(clerk)
 
 
 @pytest.fixture
@@ -111,8 +109,12 @@ def root() -> User:
 
 @pytest.fixture
 def root_client(root: User) -> Client:
+    return logged_in(root)
+
+
+def logged_in(user: User) -> Client:
     client = Client()
-    client.force_login(root)
+    client.force_login(user)
     return client
 
 
