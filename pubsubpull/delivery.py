@@ -52,20 +52,22 @@ class Attempt:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
+def _selection(subscription: Subscription) -> tuple[list[str], Position, list[str], bool]:
+    """What a subscription reads: the model labels its owner may view, its cursor, its
+    topic patterns, and whether custom events too."""
+    labels, events = pull.scope(subscription.owner)  # no owner: a local receiver
+    return labels, Position.parse(subscription.cursor), list(subscription.topics), events
+
+
 def pending(
     subscription: Subscription, limit: int, until: Position | None = None
 ) -> pull.ChangesPage:
     """Up to ``limit`` visible changes after the subscription's cursor that it selects."""
-    labels, events = pull.scope(subscription.owner)  # no owner: a local receiver
+    labels, after, patterns, events = _selection(subscription)
     return pull.changes_page(
-        labels,
-        Position.parse(subscription.cursor),
-        list(subscription.topics),
-        limit,
-        events=events,
-        filter=subscription.filter or None,
+        labels, after, patterns, limit, events=events, filter=subscription.filter or None,
         until=until,
-    )
+    )  # fmt: skip
 
 
 def pending_count(subscription: Subscription, cap: int) -> int:
@@ -77,14 +79,8 @@ def pending_count(subscription: Subscription, cap: int) -> int:
     """
     if subscription.filter:
         return len(pending(subscription, cap).results)
-    labels, events = pull.scope(subscription.owner)
-    return pull.count_changes(
-        labels,
-        Position.parse(subscription.cursor),
-        list(subscription.topics),
-        cap,
-        events=events,
-    )
+    labels, after, patterns, events = _selection(subscription)
+    return pull.count_changes(labels, after, patterns, cap, events=events)
 
 
 def next_batch(subscription: Subscription) -> Batch | None:
@@ -310,12 +306,9 @@ def is_due(subscription: Subscription, now: datetime) -> bool:
         return False
     if subscription.batch_end:
         return True
-    labels, events = pull.scope(subscription.owner)
+    labels, after, patterns, events = _selection(subscription)
     try:
-        page = pull.changes_page(
-            labels, Position.parse(subscription.cursor), list(subscription.topics), 1,
-            events=events,
-        )  # fmt: skip
+        page = pull.changes_page(labels, after, patterns, 1, events=events)
     except pull.QueryFailed:
         return True  # its delivery job records the failure
     return bool(page.results)
