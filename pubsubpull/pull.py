@@ -114,8 +114,7 @@ def changes_page(
         "limit": limit,
     }
     query = render("changes_page", matches=load("filter_matches"), visible=load("changes_visible"))
-    seconds = float(conf.get("FILTER_TIMEOUT")) if patterns or filter else None
-    with reader_errors(seconds), time_limit(connections[using], seconds) as cursor:
+    with reader_cursor(connections[using], bool(patterns or filter)) as cursor:
         cursor.execute(query, params)
         rows = cursor.fetchall()
     results = [doc for _, _, position, doc in rows if position is not None]
@@ -142,8 +141,7 @@ def count_changes(
     :class:`QueryFailed` when it takes longer.
     """
     query = render("changes_count", visible=load("changes_visible"))
-    seconds = float(conf.get("FILTER_TIMEOUT")) if patterns else None
-    with reader_errors(seconds), time_limit(connections[using], seconds) as cursor:
+    with reader_cursor(connections[using], bool(patterns)) as cursor:
         cursor.execute(query, {**_visible(models, after, patterns, events), "cap": cap})
         return int(cursor.fetchone()[0])
 
@@ -163,16 +161,26 @@ def _visible(
 
 
 @contextmanager
-def time_limit(connection: BaseDatabaseWrapper, seconds: float | None) -> Iterator[Any]:
-    """A cursor whose statements are cancelled after ``seconds`` (None: no limit).
+def reader_cursor(connection: BaseDatabaseWrapper, limited: bool) -> Iterator[Any]:
+    """A cursor for a read; ``limited`` when it evaluates a reader's topics or filter:
+    then its statements are cancelled after ``PUBSUBPULL["FILTER_TIMEOUT"]`` and errors
+    the reader caused raise :class:`QueryFailed` (others, such as the database going
+    away, pass through)."""
+    if not limited:
+        with connection.cursor() as cursor:
+            yield cursor
+        return
+    with _reader_errors(), time_limit(connection, float(conf.get("FILTER_TIMEOUT"))) as cursor:
+        yield cursor
+
+
+@contextmanager
+def time_limit(connection: BaseDatabaseWrapper, seconds: float) -> Iterator[Any]:
+    """A cursor whose statements are cancelled after ``seconds``.
 
     The limit is transaction-local, inside a savepoint when the caller has a transaction
     open; there it is put back afterwards, so the caller's own statements keep theirs.
     """
-    if seconds is None:
-        with connection.cursor() as cursor:
-            yield cursor
-        return
     nested = connection.in_atomic_block
     with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
         cursor.execute(
@@ -187,13 +195,8 @@ def time_limit(connection: BaseDatabaseWrapper, seconds: float | None) -> Iterat
 
 
 @contextmanager
-def reader_errors(seconds: float | None) -> Iterator[None]:
-    """Turn errors caused by a reader's filter or topics into :class:`QueryFailed`;
-    others (the database went away) pass through. ``seconds`` None: a read with
-    neither, where nothing is the reader's fault."""
-    if seconds is None:
-        yield
-        return
+def _reader_errors() -> Iterator[None]:
+    """Errors caused by a reader's filter or topics, as :class:`QueryFailed`."""
     try:
         yield
     except OperationalError as error:

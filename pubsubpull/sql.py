@@ -29,6 +29,7 @@ def migration_sql(name: str) -> str:
     )
 
 
+@cache  # same text for the same values: reads render their query on every call
 def render(name: str, **values: str) -> str:
     """``load(name)`` with each ``{{key}}`` replaced by an already quoted SQL value."""
     text = load(name)

@@ -106,10 +106,9 @@ def _filter(value: Any) -> str:
             f"has {len(value)} characters, more than {maximum} (PUBSUBPULL['MAX_FILTER_LENGTH']): "
             "subscribe to narrower topics, or use several subscriptions"
         )
-    seconds = float(conf.get("FILTER_TIMEOUT"))
     query = render("filter_check", matches=load("filter_matches"))
     try:
-        with pull.reader_errors(seconds), pull.time_limit(connection, seconds) as cursor:
+        with pull.reader_cursor(connection, limited=True) as cursor:
             cursor.execute(query, {"filter": value, "doc": json.dumps(SAMPLE_CHANGE)})
     except pull.QueryFailed as error:
         if error.reason == "syntax":

@@ -31,7 +31,6 @@ __all__ = [
     "MAX_LENGTH",
     "Destination",
     "TargetNotAllowed",
-    "check_addresses_at_delivery",
     "check_at_delivery",
     "check_target",
     "prefix_problem",
@@ -163,17 +162,6 @@ def check_at_delivery(url: str) -> Destination:
         authority=target.authority,
         addresses=tuple(dict.fromkeys(str(address) for address in addresses)),
     )
-
-
-def check_addresses_at_delivery(url: str) -> None:
-    """Check ``url`` again right before sending to it; raise :class:`TargetNotAllowed` if refused.
-
-    The host is resolved anew, so a name that turned private since the subscription was
-    saved is refused. URLs under an allowed prefix pass. This does not pin the address the
-    connection then uses: send with ``pubsubpull.transport.put``, which calls
-    :func:`check_at_delivery`.
-    """
-    check_target(url)
 
 
 def prefix_problem(prefix: object) -> str | None:

@@ -112,7 +112,6 @@ def put(url: str, data: bytes, headers: dict[str, str], timeout: float) -> Respo
     try:
         response = _put_checked(targets.check_at_delivery(url), data, headers, deadline)
     except requests.RequestException as error:
-        deadline.stop()
         # A socket timeout ends at the deadline, and a socket the watchdog shut down shows
         # up as a broken connection: both are the deadline.
         if isinstance(error, requests.Timeout) or deadline.passed():

@@ -15,7 +15,6 @@ from pubsubpull import targets
 from pubsubpull.targets import (
     Destination,
     TargetNotAllowed,
-    check_addresses_at_delivery,
     check_at_delivery,
     check_target,
     prefix_problem,
@@ -230,7 +229,7 @@ def test_url_under_an_allowed_prefix_is_accepted(
 
 
 def test_allowed_prefix_passes_at_delivery() -> None:
-    check_addresses_at_delivery("http://127.0.0.1:8001/hook")
+    assert check_at_delivery("http://127.0.0.1:8001/hook").addresses == ("127.0.0.1",)
 
 
 def test_allowed_prefix_with_port_and_path() -> None:
@@ -403,13 +402,13 @@ def test_non_string_target_is_refused() -> None:
 
 def test_delivery_check_resolves_again(fake_dns: dict[str, list[str]]) -> None:
     url = check_target("https://hooks.example.com/hook")
-    check_addresses_at_delivery(url)
+    check_at_delivery(url)
     fake_dns["hooks.example.com"] = ["127.0.0.1"]  # the name was rebound since subscribing
     with pytest.raises(TargetNotAllowed, match="resolves to 127.0.0.1, a loopback address"):
-        check_addresses_at_delivery(url)
+        check_at_delivery(url)
     del fake_dns["hooks.example.com"]
     with pytest.raises(TargetNotAllowed, match="does not resolve"):
-        check_addresses_at_delivery(url)
+        check_at_delivery(url)
 
 
 def test_check_at_delivery_returns_every_checked_address(fake_dns: dict[str, list[str]]) -> None:
