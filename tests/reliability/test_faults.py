@@ -641,7 +641,9 @@ def test_200_long_polls_during_writes(
     # two per poll, and PostgreSQL refused connections at 60 polls).
     print(f"backends: baseline {baseline}, most {sampler.most}; other requests "
           f"{max(sampler.other_requests):.3f} s at most")  # fmt: skip
-    assert sampler.most - baseline <= LONG_POLLS // 4  # measured: 35
+    # Requests in flight still open one each (to authenticate): how many depends on the
+    # machine's load (measured 36 and 59), so the bound is half a session per poll.
+    assert sampler.most - baseline < LONG_POLLS // 2
     wait_until(
         lambda: backends(url) <= baseline,
         WITHIN,
