@@ -521,11 +521,11 @@ def beside(
     :func:`first_delivery`)."""
     from django.utils import timezone
 
-    from pubsubpull import pull
+    from pubsubpull import reads
     from pubsubpull.models import Delivery
 
     cleanup()
-    cursor = str(pull.now())
+    cursor = str(reads.now())
     healthy = [f"healthy-{i}" for i in range(scenario.healthy)]
     for name in healthy:
         subscribe(receiver.url, cursor=cursor, name=name, status="active")
@@ -609,7 +609,7 @@ def scaled(count: int, full: int) -> str:
 def run(quick: bool, dry_run: bool) -> str:
     """Measure throughput and latency; the markdown section."""
     from benchmarks.benchapp.models import TrackedRow
-    from pubsubpull import pull
+    from pubsubpull import reads
 
     count = harness.choose(quick, dry_run, full=FULL, fast=20_000, dry=1_000)
     duration = harness.choose(quick, dry_run, full=FULL_SECONDS, fast=8.0, dry=1.0)
@@ -624,7 +624,7 @@ def run(quick: bool, dry_run: bool) -> str:
         try:
             with Worker():
                 result = throughput(receiver, count, reps, budget)
-                subscribe(receiver.url, cursor=str(pull.now()), status="active")
+                subscribe(receiver.url, cursor=str(reads.now()), status="active")
                 timing = latency(receiver, duration, ["bench"])
         finally:
             cleanup()

@@ -422,11 +422,11 @@ def _subscribed(
     """Each workload with the subscriptions active and a worker delivering; how long after
     the writes every change had arrived at both subscriptions."""
     from benchmarks import delivery
-    from pubsubpull import pull
+    from pubsubpull import reads
 
     results = {}
     try:
-        cursor = str(pull.now())
+        cursor = str(reads.now())
         for i in range(SUBSCRIPTIONS):
             delivery.subscribe(receiver.url, cursor=cursor, name=f"writers-{i}", status="active")
         with delivery.Worker(concurrency=WORKER_CONCURRENCY) as worker:

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING
 __version__ = "0.2.0.dev0"
 
 if TYPE_CHECKING:
+    from .change_context import context
     from .events import publish
-    from .metadata import context
-    from .receivers import on
+    from .local_subscribers import on
     from .registry import track
 
 _PUBLIC = {
-    "context": "pubsubpull.metadata",
-    "on": "pubsubpull.receivers",
+    "context": "pubsubpull.change_context",
+    "on": "pubsubpull.local_subscribers",
     "publish": "pubsubpull.events",
     "track": "pubsubpull.registry",
 }

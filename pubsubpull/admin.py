@@ -73,7 +73,7 @@ class RequestAdmin(ReadOnlyAdmin):
     inlines = [ChangeInline]
 
 
-#: What a local receiver's code sets (``@pubsubpull.on``, written by ``receivers.sync()``).
+#: What a local subscriber's code sets (``@pubsubpull.on``, via ``local_subscribers.sync``).
 RECEIVER_FIELDS = ("owner", "name", "target", "topics", "filter")
 #: The fields the admin checks with the API's rules (:func:`subscriptions.validate`).
 VALIDATED_FIELDS = ("target", "topics", "filter", "batch_size", "cursor")
@@ -101,7 +101,7 @@ class SubscriptionForm(forms.ModelForm):  # type: ignore[type-arg]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if "owner" in self.fields:  # the model allows none for local receivers, made in code
+        if "owner" in self.fields:  # the model allows none for local subscribers, made in code
             self.fields["owner"].required = True
             self.fields["owner"].help_text = "it reads only what the owner may view"
 
@@ -154,7 +154,7 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     Edits follow the API's rules (:class:`SubscriptionForm`). The owner is chosen once, on
     the add form: delivery reads with its permissions, so it is read-only afterwards, and
-    staff who are not superusers may only make subscriptions they own. A local receiver's
+    staff who are not superusers may only make subscriptions they own. A local subscriber's
     target, topics and filter come from its code; only its status, cursor and batch size
     are edited here.
     """
@@ -195,7 +195,7 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         readonly = list(super().get_readonly_fields(request, obj))
         if obj is None:
             return readonly
-        if obj.owner_id is None:  # a local receiver
+        if obj.owner_id is None:  # a local subscriber
             return [*RECEIVER_FIELDS, *readonly]
         return ["owner", *readonly]
 

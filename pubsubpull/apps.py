@@ -19,7 +19,7 @@ class PubSubPullConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks, registry, worker  # noqa: F401 - checks register themselves
-        from .metadata import install
+        from .change_context import install
 
         self.wakeups_installed = worker.install_worker_middleware()
         if self.wakeups_installed and worker.is_worker_command(sys.argv):
@@ -37,12 +37,12 @@ class PubSubPullConfig(AppConfig):
 
 def _install_triggers(using: str = "default", verbosity: int = 1, **kwargs: Any) -> None:
     """After ``migrate``: bring every tracked table's capture triggers up to date, and
-    register the local receivers (``@pubsubpull.on``) as subscriptions."""
-    from . import capture, receivers
+    register the local subscribers (``@pubsubpull.on``) as subscriptions."""
+    from . import capture, local_subscribers
 
     if using != "default":
         return  # pubsubpull lives in the default database only (check E021)
-    receivers.sync()
+    local_subscribers.sync()
     for item in capture.install(using):
         if item.state != "current" and verbosity >= 1:
             action = "Dropped" if item.state == "orphaned" else "Installed"

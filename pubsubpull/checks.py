@@ -160,7 +160,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     E014 EVENTS, E015 MAX_FAILURES, E016 RETRY_BASE and RETRY_CAP, E017
     DELIVERY_TIMEOUT, E018 MAX_WAIT, E019 SWEEP_INTERVAL, E020 PAGE_SIZE and
     MAX_PAGE_SIZE."""
-    from . import conf, events, targets
+    from . import conf, events, ssrf
 
     errors = _check_keys(conf)
     allowed = conf.get("ALLOWED_TARGETS")
@@ -175,7 +175,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         # a string is reported below as one entry too: a list was meant
         allowed = [allowed] if isinstance(allowed, str) else []
     for prefix in allowed:
-        problem = targets.prefix_problem(prefix)
+        problem = ssrf.prefix_problem(prefix)
         if problem:
             errors.append(
                 checks.Error(

@@ -22,7 +22,7 @@ from django.db.models import F
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from . import conf, pull, transport, webhooks
+from . import conf, reads, transport, webhooks
 from .crypto import decrypt
 from .models import LOCAL_PREFIX, Delivery, Subscription
 from .positions import Position
@@ -55,16 +55,16 @@ class Attempt:
 def _selection(subscription: Subscription) -> tuple[list[str], Position, list[str], bool]:
     """What a subscription reads: the model labels its owner may view, its cursor, its
     topic patterns, and whether custom events too."""
-    labels, events = pull.scope(subscription.owner)  # no owner: a local receiver
+    labels, events = reads.scope(subscription.owner)  # no owner: a local subscriber
     return labels, Position.parse(subscription.cursor), list(subscription.topics), events
 
 
 def pending(
     subscription: Subscription, limit: int, until: Position | None = None
-) -> pull.ChangesPage:
+) -> reads.ChangesPage:
     """Up to ``limit`` visible changes after the subscription's cursor that it selects."""
     labels, after, patterns, events = _selection(subscription)
-    return pull.changes_page(
+    return reads.changes_page(
         labels, after, patterns, limit, events=events, filter=subscription.filter or None,
         until=until,
     )  # fmt: skip
@@ -75,12 +75,12 @@ def pending_count(subscription: Subscription, cap: int) -> int:
 
     Without a filter a count query, which builds no change JSON; with one, the filter is
     evaluated on the changes one read may examine, as delivery does. Raises
-    :class:`pull.QueryFailed` when the filter fails, or it or the topics take too long.
+    :class:`reads.QueryFailed` when the filter fails, or it or the topics take too long.
     """
     if subscription.filter:
         return len(pending(subscription, cap).results)
     labels, after, patterns, events = _selection(subscription)
-    return pull.count_changes(labels, after, patterns, cap, events=events)
+    return reads.count_changes(labels, after, patterns, cap, events=events)
 
 
 def next_batch(subscription: Subscription) -> Batch | None:
@@ -89,7 +89,7 @@ def next_batch(subscription: Subscription) -> Batch | None:
     A caught-up subscription's cursor moves up to the horizon, so changes its topics
     or filter skip are not scanned again. A filter that selected nothing among the
     changes one read may examine moves the cursor past them and gives an empty batch:
-    call again for the next ones. Raises :class:`pull.QueryFailed` when the filter
+    call again for the next ones. Raises :class:`reads.QueryFailed` when the filter
     fails or takes too long.
     """
     if subscription.batch_end:
@@ -128,7 +128,7 @@ def body(subscription: Subscription, batch: Batch) -> bytes:
 
 
 def send(subscription: Subscription, batch: Batch) -> Attempt:
-    """Deliver one batch: HTTP PUT to the target, or a call of a local receiver."""
+    """Deliver one batch: HTTP PUT to the target, or a call of a local subscriber."""
     started = time.monotonic()
     status: int | None = None
     error = ""
@@ -140,7 +140,7 @@ def send(subscription: Subscription, batch: Batch) -> Attempt:
         else:
             status, error = _put(subscription, batch)
     except Exception as exc:  # noqa: BLE001 - any failure (network, SSRF re-check, unreadable
-        # secret, a local receiver's exception) is a failed attempt, retried with backoff
+        # secret, a local subscriber's exception) is a failed attempt, retried with backoff
         error = f"{type(exc).__name__}: {exc}"[:1000]
     return Attempt(status, error, timedelta(seconds=time.monotonic() - started))
 
@@ -224,7 +224,7 @@ def _failed(
     return updates, when
 
 
-def record_read_failure(subscription: Subscription, error: pull.QueryFailed) -> datetime | None:
+def record_read_failure(subscription: Subscription, error: reads.QueryFailed) -> datetime | None:
     """A failed read of the subscription's changes (its filter failed or was too slow):
     a failed attempt of this subscription alone, recorded and retried like one."""
     attempt = Attempt(None, str(error)[:1000], timedelta(0))
@@ -254,7 +254,7 @@ def deliver(subscription_id: int) -> datetime | None:
         return subscription.next_attempt
     try:
         batch = next_batch(subscription)
-    except pull.QueryFailed as error:
+    except reads.QueryFailed as error:
         return record_read_failure(subscription, error)
     if batch is None:
         return None
@@ -308,8 +308,8 @@ def is_due(subscription: Subscription, now: datetime) -> bool:
         return True
     labels, after, patterns, events = _selection(subscription)
     try:
-        page = pull.changes_page(labels, after, patterns, 1, events=events)
-    except pull.QueryFailed:
+        page = reads.changes_page(labels, after, patterns, 1, events=events)
+    except reads.QueryFailed:
         return True  # its delivery job records the failure
     return bool(page.results)
 

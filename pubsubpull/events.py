@@ -9,7 +9,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection
 
 from . import conf, registry, topics
-from .metadata import current
+from .change_context import current
 from .models import Change
 
 

@@ -16,7 +16,7 @@ from django.utils import timezone
 from django.utils.encoding import escape_uri_path, iri_to_uri
 
 from . import conf
-from .metadata import RequestInfo, State, current, enter, leave
+from .change_context import RequestInfo, State, current, enter, leave
 from .models import Request
 
 MAX_PATH = 2000  # characters of Request.path

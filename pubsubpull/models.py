@@ -138,7 +138,7 @@ class Token(models.Model):
         return f"{self.prefix}… ({self.user})"
 
 
-#: A subscription target naming a local receiver: ``python:<dotted.path>``.
+#: A subscription target naming a local subscriber: ``python:<dotted.path>``.
 LOCAL_PREFIX = "python:"
 #: A subscription's batch size when none is given.
 DEFAULT_BATCH_SIZE = 100
@@ -187,7 +187,7 @@ class Subscription(models.Model):
     """A subscriber's standing request for changes, delivered by background jobs.
 
     ``target`` is an https URL (HTTP PUT of batches) or ``python:<dotted.path>``
-    (:data:`LOCAL_PREFIX`) for a local receiver registered with :func:`pubsubpull.on`.
+    (:data:`LOCAL_PREFIX`) for a local subscriber registered with :func:`pubsubpull.on`.
 
     Change its delivery state with the methods of ``Subscription.objects``
     (:class:`SubscriptionQuerySet`: ``pause()``, ``resume()``, ``replay(position)``, ...),
@@ -206,7 +206,7 @@ class Subscription(models.Model):
         blank=True,
         on_delete=models.CASCADE,
         related_name="pubsubpull_subscriptions",
-        help_text="empty for local receivers",
+        help_text="empty for local subscribers",
     )
     name = models.SlugField(max_length=100)
     target = models.CharField(
@@ -253,7 +253,7 @@ class Subscription(models.Model):
 
     @property
     def is_local(self) -> bool:
-        """Whether the target is a local receiver (:data:`LOCAL_PREFIX`)."""
+        """Whether the target is a local subscriber (:data:`LOCAL_PREFIX`)."""
         return self.target.startswith(LOCAL_PREFIX)
 
     def drop_batch(self) -> None:
@@ -293,45 +293,3 @@ class Delivery(_Immutable):
     @property
     def ok(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code < 300
-
-
-class Mirror(models.Model):
-    """A local copy of another service's model, kept by ``manage.py pubsubpull pull``.
-
-    The state is durable: a pull that is killed resumes where its last committed page
-    ended.
-    """
-
-    service = models.CharField(max_length=2000, help_text="base URL of the remote pull API")
-    label = models.CharField(max_length=255, help_text="remote model, app_label.model_name")
-    into = models.CharField(max_length=255, help_text="local model, app_label.model_name")
-    cursor = models.CharField(max_length=41, validators=[validate_position])
-    backfill_after = models.TextField(blank=True, default="", help_text="last pk copied")
-    backfilled = models.BooleanField(default=False)
-    updated = models.DateTimeField(auto_now=True)
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(
-                fields=["service", "label", "into"], name="pubsubpull_mirror_unique"
-            )
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.service} {self.label} -> {self.into}"
-
-
-class MirrorRow(models.Model):
-    """The ``seq`` of the last change a mirror applied to a row: older ones are skipped."""
-
-    mirror = models.ForeignKey(Mirror, on_delete=models.CASCADE, related_name="rows")
-    pk_value = models.TextField()
-    seq = models.BigIntegerField()
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["mirror", "pk_value"], name="pubsubpull_mirror_row")
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.mirror_id}:{self.pk_value}@{self.seq}"

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.conf import settings
 
-from . import __version__, conf, positions, registry, subscriptions, targets, topics
+from . import __version__, conf, positions, registry, ssrf, subscriptions, topics
 from .models import DEFAULT_BATCH_SIZE, Subscription
 
 JSON = "application/json"
@@ -22,7 +22,7 @@ NAME = f"^{subscriptions.NAME.pattern}$"  # subscription names
 # Its words: the path parameter's and a 404's description.
 NAME_RULE = f"1-{subscriptions.NAME_LENGTH} letters, digits, `-` or `_`"
 BATCH_SIZE = {"minimum": subscriptions.BATCH_SIZE[0], "maximum": subscriptions.BATCH_SIZE[1]}
-# What pubsubpull.targets checks before looking at the host: an http(s) URL of printable
+# What pubsubpull.ssrf checks before looking at the host: an http(s) URL of printable
 # ASCII without backslash or fragment. Whether the host may be sent to is not syntax.
 TARGET = r'^[Hh][Tt][Tt][Pp][Ss]?://[!"$-\[\]-~]+$'
 TIME = {"type": "string", "format": "date-time"}
@@ -371,7 +371,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "target": {
                 "type": "string",
-                "maxLength": targets.MAX_LENGTH,
+                "maxLength": ssrf.MAX_LENGTH,
                 "pattern": TARGET,
                 "description": "Where to PUT batches: an https URL whose host resolves only to "
                 "public addresses, or a URL under a prefix in `PUBSUBPULL['ALLOWED_TARGETS']`. "

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.db import connection, transaction
 
-from . import conf, events, pull, registry, targets, topics, webhooks
+from . import conf, events, reads, registry, ssrf, topics, webhooks
 from .crypto import encrypt
 from .delivery import pending_count
 from .models import DEFAULT_BATCH_SIZE, Subscription
@@ -70,14 +70,14 @@ def validate(owner: Any, data: Any) -> dict[str, Any]:
 def _target(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError("must be a URL string")
-    return targets.check_target(value)
+    return ssrf.check_target(value)
 
 
 def _topics(owner: Any, value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise TypeError('must be a list of topic patterns, e.g. ["shop.order.*"]')
     patterns = topics.parse(value)
-    readable = {t.label for t in pull.readable(owner)}
+    readable = {t.label for t in reads.readable(owner)}
     for pattern in patterns:
         words = pattern.split(".")
         if len(words) < 2 or "*" in words[:2] or "#" in words[:2]:
@@ -108,9 +108,9 @@ def _filter(value: Any) -> str:
         )
     query = render("filter_check", matches=load("filter_matches"))
     try:
-        with pull.reader_cursor(connection, limited=True) as cursor:
+        with reads.reader_cursor(connection, limited=True) as cursor:
             cursor.execute(query, {"filter": value, "doc": json.dumps(SAMPLE_CHANGE)})
-    except pull.QueryFailed as error:
+    except reads.QueryFailed as error:
         if error.reason == "syntax":
             raise ValueError(str(error).removeprefix("the filter is ")) from None
         raise ValueError(f"{error} (tried on a sample change)") from None
@@ -161,7 +161,7 @@ def save(owner: Any, name: str, values: dict[str, Any]) -> tuple[Subscription, b
         created = existing is None
         if existing is None:
             check_room(owner)
-            existing = Subscription(owner=owner, name=name, cursor=str(pull.now()))
+            existing = Subscription(owner=owner, name=name, cursor=str(reads.now()))
         for field, value in {**defaults, **values}.items():
             setattr(existing, field, value)
         if values.get("status") == Subscription.Status.ACTIVE or created:
@@ -197,7 +197,7 @@ def lag(subscription: Subscription) -> int | None:
     changes one read may examine); None when its filter fails or is too slow."""
     try:
         return pending_count(subscription, LAG_CAP)
-    except pull.QueryFailed:
+    except reads.QueryFailed:
         return None
 
 

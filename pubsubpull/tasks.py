@@ -23,7 +23,7 @@ from procrastinate import exceptions
 from procrastinate.contrib.django import app
 from procrastinate.jobs import Status
 
-from . import conf, delivery, receivers
+from . import conf, delivery, local_subscribers
 from .sql import load
 
 QUEUE = "pubsubpull"
@@ -131,7 +131,7 @@ def _defer_or_leave_to_sweep(subscription_id: int, at: datetime) -> None:
 def dispatch(timestamp: int | None = None) -> None:
     """Queue the delivery of every subscription with visible changes waiting."""
     try:
-        receivers.sync()
+        local_subscribers.sync()
         for subscription_id in delivery.due_subscriptions(skip=_waiting_deliveries()):
             defer_delivery(subscription_id)
     except (OperationalError, InterfaceError) as error:

@@ -3,7 +3,7 @@
 :func:`put` sends one delivery. It differs from a plain ``requests.put`` in three ways:
 
 * Pinning. The target is checked and its host resolved once
-  (:func:`pubsubpull.targets.check_at_delivery`), and the connection goes to an address that
+  (:func:`pubsubpull.ssrf.check_at_delivery`), and the connection goes to an address that
   check accepted, never to the answer of a second lookup (DNS rebinding). TLS still sends
   the URL's host name as SNI and verifies the certificate for it, and the ``Host`` header is
   the URL's ``host[:port]``.
@@ -38,7 +38,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util import Timeout
 
-from pubsubpull import targets
+from pubsubpull import ssrf
 
 __all__ = [
     "MAX_RESPONSE_BYTES",
@@ -104,13 +104,13 @@ def put(url: str, data: bytes, headers: dict[str, str], timeout: float) -> Respo
     interrupted). Redirects are returned as they are, not followed. The body is returned
     as sent, not decoded.
 
-    Raises :class:`pubsubpull.targets.TargetNotAllowed` when the check refuses the target,
+    Raises :class:`pubsubpull.ssrf.TargetNotAllowed` when the check refuses the target,
     :class:`DeliveryTimeout` when the deadline passes first, and other
     ``requests.RequestException`` subclasses for network and TLS errors.
     """
     deadline = _Deadline(float(timeout))
     try:
-        response = _put_checked(targets.check_at_delivery(url), data, headers, deadline)
+        response = _put_checked(ssrf.check_at_delivery(url), data, headers, deadline)
     except requests.RequestException as error:
         # A socket timeout ends at the deadline, and a socket the watchdog shut down shows
         # up as a broken connection: both are the deadline.
@@ -264,7 +264,7 @@ def _shutdown(sock: socket.socket) -> None:
 class _Attempt:
     """One connection attempt of a put: the checked target, the address, the deadline."""
 
-    destination: targets.Destination
+    destination: ssrf.Destination
     address: str
     deadline: _Deadline
     connected: bool = False  # a socket to the address was opened or reused: bytes may have left
@@ -277,7 +277,7 @@ _attempt: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar(
 
 
 def _put_checked(
-    destination: targets.Destination, data: bytes, headers: dict[str, str], deadline: _Deadline
+    destination: ssrf.Destination, data: bytes, headers: dict[str, str], deadline: _Deadline
 ) -> Response:
     """Send to the checked addresses in turn until one accepts the connection."""
     last = len(destination.addresses) - 1
@@ -328,7 +328,7 @@ def _attempt_for(request: requests.PreparedRequest) -> _Attempt:
     """The current attempt, if ``request`` goes to the target it checked; else refuse."""
     attempt = _attempt.get()
     if attempt is None:
-        raise targets.TargetNotAllowed(
+        raise ssrf.TargetNotAllowed(
             f"{request.url}: no address was checked for this request: send deliveries with "
             "pubsubpull.transport.put, which checks the target and connects to that address"
         )
@@ -340,7 +340,7 @@ def _attempt_for(request: requests.PreparedRequest) -> _Attempt:
         destination.host,
         destination.port,
     ):
-        raise targets.TargetNotAllowed(
+        raise ssrf.TargetNotAllowed(
             f"{request.url} is not the target checked for this delivery ({destination.url}): "
             "send each target with its own pubsubpull.transport.put"
         )

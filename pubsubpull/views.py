@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
-from . import conf, pull, registry, subscriptions, topics
+from . import conf, reads, registry, subscriptions, topics
 from .auth import AuthenticationFailed, Throttled, authenticate
 from .models import Subscription
 from .positions import START, InvalidPosition, Position
@@ -99,7 +99,7 @@ def api(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
             return ApiError(401, "not_authenticated", str(error)).response()
         except ApiError as error:
             return error.response()
-        except pull.QueryFailed as error:
+        except reads.QueryFailed as error:
             # The caller's topics or filter took too long (or the database is slow).
             response = ApiError(503, "query_failed", str(error)).response()
             response["Retry-After"] = str(RETRY_AFTER)
@@ -143,7 +143,7 @@ def _readable(request: HttpRequest, label: str) -> registry.Tracked:
     tracked = registry.get(label)
     if tracked is None:
         raise ApiError(404, "not_found", f"{label!r} is not a tracked model")
-    if tracked not in pull.readable(request.api_user):  # type: ignore[attr-defined]
+    if tracked not in reads.readable(request.api_user):  # type: ignore[attr-defined]
         raise ApiError(403, "permission_denied", f"you may not view {tracked.label}")
     return tracked
 
@@ -158,7 +158,7 @@ def directory(request: HttpRequest) -> HttpResponse:
             "url": _url(request, "instances", {}, label=t.label).rstrip("?"),
             "changes": _url(request, "changes", {"topics": f"{t.label}.*"}),
         }
-        for t in pull.readable(request.api_user)  # type: ignore[attr-defined]
+        for t in reads.readable(request.api_user)  # type: ignore[attr-defined]
     ]
     return JsonResponse(
         {
@@ -179,7 +179,7 @@ def instances(request: HttpRequest, label: str) -> HttpResponse:
     after = request.GET.get("after")
     if after is not None:
         after = _primary_key(tracked, after, "after")
-    results, last = pull.instances_page(tracked, after, limit)
+    results, last = reads.instances_page(tracked, after, limit)
     next_url = None
     if last is not None:
         next_url = _url(request, "instances", {"after": last, "limit": limit}, label=tracked.label)
@@ -191,7 +191,7 @@ def instances(request: HttpRequest, label: str) -> HttpResponse:
 def instance(request: HttpRequest, label: str, pk: str) -> HttpResponse:
     """One row of a tracked model."""
     tracked = _readable(request, label)
-    doc = pull.instance(tracked, _primary_key(tracked, pk, "pk"))
+    doc = reads.instance(tracked, _primary_key(tracked, pk, "pk"))
     if doc is None:
         raise ApiError(404, "not_found", f"{tracked.label} {pk!r} does not exist")
     return HttpResponse(doc, content_type="application/json")
@@ -219,17 +219,17 @@ def changes(request: HttpRequest) -> HttpResponse:
     except InvalidPosition as error:
         raise bad_parameter("after", str(error)) from None
     if raw_after == "now":  # a new reader that wants only what comes next
-        after = pull.now()
+        after = reads.now()
     try:
         patterns = topics.parse(request.GET.get("topics"))
     except topics.InvalidPattern as error:
         raise bad_parameter("topics", str(error)) from None
     wait = _wait(request)
-    models, events = pull.scope(request.api_user)  # type: ignore[attr-defined]
+    models, events = reads.scope(request.api_user)  # type: ignore[attr-defined]
     busy = False
     try:
-        page = pull.wait_for_changes(models, after, patterns, limit, wait, events=events)
-    except pull.TooManyWaiting as full:
+        page = reads.wait_for_changes(models, after, patterns, limit, wait, events=events)
+    except reads.TooManyWaiting as full:
         page, busy = full.page, True  # answered at once: come back later
     cursor = page.cursor(after, limit)
     next_url = None

@@ -24,6 +24,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "procrastinate.contrib.django",
     "pubsubpull",
+    "pubsubpull.mirror",
     "test_project.shop",
 ]
 

@@ -14,7 +14,7 @@ from django.http import HttpResponse
 from django.test import Client, RequestFactory
 
 import pubsubpull
-from pubsubpull import receivers, subscriptions
+from pubsubpull import local_subscribers, subscriptions
 from pubsubpull.crypto import encrypt
 from pubsubpull.models import Change, Delivery, Request, Subscription
 from pubsubpull.webhooks import generate_secret
@@ -330,15 +330,15 @@ def test_actions_still_work_for_staff(clerk_client: Client, subscription: Subscr
 
 
 def receive(changes: list[dict[str, Any]]) -> None:
-    """A local receiver, registered by the test that needs it."""
+    """A local subscriber, registered by the test that needs it."""
 
 
 @pytest.fixture
 def receiver(monkeypatch: pytest.MonkeyPatch) -> Subscription:
-    """The subscription ``receivers.sync()`` makes for an ``@pubsubpull.on`` function."""
-    monkeypatch.setattr(receivers, "_receivers", {})
+    """The subscription ``local_subscribers.sync()`` makes for an ``@pubsubpull.on`` function."""
+    monkeypatch.setattr(local_subscribers, "_registered", {})
     pubsubpull.on("shop.customer.*", filter="$.new.active == true")(receive)
-    receivers.sync()
+    local_subscribers.sync()
     return Subscription.objects.get(owner=None)
 
 
@@ -385,7 +385,7 @@ CHANGELIST = "/admin/pubsubpull/subscription/"
 
 @pytest.fixture
 def others(root: User, alice: User, receiver: Subscription) -> list[Subscription]:
-    """Subscriptions the clerk does not own: a superuser's, alice's and a local receiver."""
+    """Subscriptions the clerk does not own: a superuser's, alice's and a local subscriber."""
     return [
         Subscription.objects.create(owner=root, name="everything", target=HOOK),
         Subscription.objects.create(owner=alice, name="customers", target=HOOK, cursor="5-7"),
@@ -410,12 +410,12 @@ def test_staff_see_only_their_own_subscriptions_and_superusers_all(
         assert root_client.get(url(other)).status_code == 200
 
 
-@pytest.mark.parametrize("whose", ["superuser", "another user", "local receiver"])
+@pytest.mark.parametrize("whose", ["superuser", "another user", "local subscriber"])
 def test_staff_cannot_view_change_or_delete_anothers_subscription(
     clerk_client: Client, clerk: User, others: list[Subscription], whose: str
 ) -> None:
     clerk.user_permissions.add(Permission.objects.get(codename="delete_subscription"))
-    other = others[["superuser", "another user", "local receiver"].index(whose)]
+    other = others[["superuser", "another user", "local subscriber"].index(whose)]
     before = row(other)
     base = f"/admin/pubsubpull/subscription/{other.pk}"
     for page in (url(other), f"{base}/history/", f"{base}/delete/"):

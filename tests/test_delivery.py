@@ -20,7 +20,7 @@ from django.test import Client, override_settings
 from pytest_httpserver import HTTPServer
 
 import pubsubpull
-from pubsubpull import receivers, tasks
+from pubsubpull import local_subscribers, tasks
 from pubsubpull import worker as worker_process
 from pubsubpull.events import InvalidEvent
 from pubsubpull.models import Delivery, Subscription
@@ -288,7 +288,7 @@ def test_sweep_delivers_when_the_wake_up_was_lost(api: Client, httpserver: HTTPS
     drain(lambda: names(receiver.changes()) == ["swept"])
 
 
-# -- local receivers and custom events ------------------------------------------------
+# -- local subscribers and custom events ------------------------------------------------
 
 seen: list[list[dict[str, Any]]] = []
 broken_calls: list[int] = []
@@ -305,12 +305,12 @@ def broken(changes: list[dict[str, Any]]) -> None:
 
 @override_settings(PUBSUBPULL=FAST_RETRIES)
 def test_local_receivers_are_isolated_and_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(receivers, "_receivers", {})
+    monkeypatch.setattr(local_subscribers, "_registered", {})
     seen.clear()
     broken_calls.clear()
     pubsubpull.on("shop.customer.insert", filter="$.new.active == true")(remember)
     pubsubpull.on("shop.#")(broken)
-    receivers.sync()
+    local_subscribers.sync()
     assert set(Subscription.objects.values_list("target", flat=True)) == {
         "python:tests.test_delivery.remember", "python:tests.test_delivery.broken",
     }  # fmt: skip

@@ -22,7 +22,7 @@ from django.core.management import call_command
 from pytest_django.live_server_helper import LiveServer
 from pytest_httpserver import HTTPServer
 
-from pubsubpull import pull, topics
+from pubsubpull import reads, topics
 from pubsubpull.auth import create_token
 from pubsubpull.models import Delivery, Subscription
 from pubsubpull.webhooks import generate_secret
@@ -180,7 +180,7 @@ def test_a_slow_filter_is_cut_off_by_filter_timeout_and_costs_only_its_subscript
 def test_a_filter_that_selects_little_reads_bounded_windows_and_skips_nothing(
     api: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pull, "SCAN_LIMIT", 40)  # every read examines at most 40 changes
+    monkeypatch.setattr(reads, "SCAN_LIMIT", 40)  # every read examines at most 40 changes
     receiver = Receiver()
     body = {
         "target": hook(httpserver, receiver, "/rare"),
@@ -311,7 +311,7 @@ def test_long_polls_over_max_waiting_are_answered_at_once_with_retry_after(
     ]
     for holder in holders:
         holder.start()
-    wait_for(lambda: pull._waiting == 2)
+    wait_for(lambda: reads._waiting == 2)
     viewer = api_as(live_server, customer_viewer("viewer"))
     turned_away = viewer("GET", "changes/?after=now&wait=4")
     assert turned_away.status_code == 200 and turned_away.json()["results"] == []
@@ -319,7 +319,7 @@ def test_long_polls_over_max_waiting_are_answered_at_once_with_retry_after(
     assert viewer("GET", "models/shop.customer/").status_code == 200  # others served
     for holder in holders:
         holder.join()
-    assert pull._waiting == 0
+    assert reads._waiting == 0
     served = viewer("GET", "changes/?after=now&wait=0.5")
     assert served.status_code == 200 and "Retry-After" not in served.headers
 

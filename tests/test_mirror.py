@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 
 import pytest
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db.migrations.loader import MigrationLoader
 from pytest_django.live_server_helper import LiveServer
 
-from pubsubpull import mirror
 from pubsubpull.auth import create_token
-from pubsubpull.models import Mirror
+from pubsubpull.mirror import sync as mirror
+from pubsubpull.mirror.models import Mirror
 from test_project.shop.models import Customer, RemoteCustomer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -98,3 +101,39 @@ def test_errors_are_command_errors(live_server: LiveServer) -> None:
     with pytest.raises(CommandError, match="authentication"):
         call_command("pubsubpull", "pull", f"{live_server.url}/pubsubpull/", "shop.customer",
                      "--into", "shop.RemoteCustomer", stdout=io.StringIO())  # fmt: skip
+
+
+def test_pull_without_the_mirror_app_says_how_to_install_it() -> None:
+    script = """
+import django
+from django.conf import settings
+settings.configure(
+    INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth",
+                    "procrastinate.contrib.django", "pubsubpull"],
+    DATABASES={"default": {"ENGINE": "django.db.backends.postgresql", "NAME": "x"}},
+)
+django.setup()
+from django.core.management import execute_from_command_line
+execute_from_command_line(["manage.py", "pubsubpull", "pull", "http://127.0.0.1:9/",
+                           "shop.customer", "--into", "shop.RemoteCustomer"])
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert 'add "pubsubpull.mirror" to INSTALLED_APPS' in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_publisher_gets_no_mirror_tables() -> None:
+    """pubsubpull's own migrations create none of the mirror's tables."""
+    loader = MigrationLoader(None, ignore_no_migrations=True)
+    leaf = max(name for app, name in loader.graph.leaf_nodes() if app == "pubsubpull")
+    state = loader.project_state(("pubsubpull", leaf), at_end=True)
+    models = {model for app, model in state.models if app == "pubsubpull"}
+    assert {"change", "subscription", "delivery"} <= models
+    assert not any("mirror" in model for model in models)
+    assert {m for a, m in loader.project_state().models if a == "pubsubpull_mirror"} == {
+        "mirror",
+        "mirrorrow",
+    }

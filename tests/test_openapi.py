@@ -17,7 +17,7 @@ from django.db import connection
 from django.test import Client
 
 import pubsubpull
-from pubsubpull import auth, openapi, targets, topics
+from pubsubpull import auth, openapi, ssrf, topics
 from pubsubpull.auth import create_token
 from pubsubpull.positions import Position
 from pubsubpull.webhooks import generate_secret
@@ -72,7 +72,7 @@ def api_schema(
 
     The live server runs in this process: the SSRF guard's resolver is replaced here too.
     """
-    monkeypatch.setattr(targets, "resolver", resolve_offline)
+    monkeypatch.setattr(ssrf, "resolver", resolve_offline)
     # Schemathesis probes wrong credentials again and again: no throttling of them here.
     monkeypatch.setattr(auth, "FAILURE_LIMIT", 10**9)
     settings.PUBSUBPULL = {**settings.PUBSUBPULL, "MAX_WAIT": 0}  # a fuzzed wait costs no time

@@ -12,7 +12,7 @@ from django.contrib.auth.models import Permission, User
 from django.db import connection
 from django.utils import timezone
 
-from pubsubpull import delivery, pull, receivers, subscriptions
+from pubsubpull import delivery, local_subscribers, reads, subscriptions
 from pubsubpull.events import publish
 from pubsubpull.models import LOCAL_PREFIX, Subscription
 from pubsubpull.positions import START, Position
@@ -31,7 +31,7 @@ FAILED: dict[str, Any] = {
 
 
 def subscription(owner: User | None, name: str = "s", **values: Any) -> Subscription:
-    fields = {"target": "https://hooks.example.com/", "cursor": str(pull.now()), **values}
+    fields = {"target": "https://hooks.example.com/", "cursor": str(reads.now()), **values}
     return Subscription.objects.create(owner=owner, name=name, **fields)
 
 
@@ -106,20 +106,20 @@ def test_instance_methods_change_the_instance_until_saved(owner: User) -> None:
 
 
 def receive(changes: list[dict[str, Any]]) -> None:
-    """A local receiver."""
+    """A local subscriber."""
 
 
 def test_receivers_sync_writes_the_local_prefix_and_drops_the_batch_on_new_terms(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(receivers, "_receivers", {})
-    receivers.on("shop.order.*", name="orders")(receive)
-    receivers.sync()
+    monkeypatch.setattr(local_subscribers, "_registered", {})
+    local_subscribers.on("shop.order.*", name="orders")(receive)
+    local_subscribers.sync()
     receiver = Subscription.objects.get(owner=None, name="orders")
     assert receiver.target.startswith(LOCAL_PREFIX) and receiver.is_local
     Subscription.objects.filter(pk=receiver.pk).update(**IN_FLIGHT)
-    receivers.on("shop.customer.*", name="orders")(receive)
-    receivers.sync()
+    local_subscribers.on("shop.customer.*", name="orders")(receive)
+    local_subscribers.sync()
     receiver.refresh_from_db()
     assert (receiver.topics, receiver.batch_id, receiver.batch_end) == (["shop.customer.*"], "", "")
 

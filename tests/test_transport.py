@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from pubsubpull import transport
-from pubsubpull.targets import TargetNotAllowed
+from pubsubpull.ssrf import TargetNotAllowed
 from pubsubpull.transport import MAX_RESPONSE_BYTES, DeliveryTimeout, Response, put
 
 PUBLIC_V4 = "93.184.216.34"  # public, so the check passes; what answers there does not matter

@@ -1,4 +1,4 @@
-"""``manage.py pubsubpull <subcommand>``: operate change capture."""
+"""``manage.py pubsubpull``: triggers, status, tail, prune, token; the mirror's pull."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from argparse import ArgumentParser
 from datetime import timedelta
 from typing import Any
 
+from django.apps import apps
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
@@ -43,7 +44,7 @@ def _horizon_holder() -> tuple[int, Any] | None:
 
 
 class Command(BaseCommand):
-    help = "Operate pubsubpull: triggers, status, tail, prune, token."
+    help = "Operate pubsubpull: triggers, status, tail, prune, token; pull mirrors a remote model."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         sub = parser.add_subparsers(dest="subcommand", metavar="subcommand")
@@ -157,8 +158,13 @@ class Command(BaseCommand):
     def handle_pull(
         self, url: str, label: str, into: str, token: str | None, follow: bool, **options: Any
     ) -> None:
-        from pubsubpull import mirror
+        if not apps.is_installed("pubsubpull.mirror"):
+            raise CommandError(
+                'pull keeps its state in the mirror app: add "pubsubpull.mirror" to '
+                "INSTALLED_APPS and run manage.py migrate"
+            )
         from pubsubpull.client import Service, ServiceError
+        from pubsubpull.mirror import sync as mirror
 
         def progress(phase: str, count: int) -> None:
             if self.stderr.isatty():
@@ -198,7 +204,7 @@ class Command(BaseCommand):
     def handle_status(self, **options: Any) -> None:
         from pubsubpull import subscriptions
         from pubsubpull.models import Subscription
-        from pubsubpull.pull import now
+        from pubsubpull.reads import now
 
         self.handle_triggers("ls", "default")
         self.stdout.write(f"horizon   {now()} (changes below it are visible)")
@@ -220,7 +226,7 @@ class Command(BaseCommand):
     ) -> None:
         from pubsubpull import topics as topic_patterns
         from pubsubpull.positions import START, InvalidPosition, Position
-        from pubsubpull.pull import now, scope, wait_for_changes
+        from pubsubpull.reads import now, scope, wait_for_changes
 
         try:
             patterns = topic_patterns.parse(topics)

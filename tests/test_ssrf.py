@@ -1,6 +1,6 @@
 """SSRF guard: which subscription targets pubsubpull accepts, and what it says when it refuses.
 
-No test resolves a real name: an autouse fixture replaces ``targets.resolver`` with a fake
+No test resolves a real name: an autouse fixture replaces ``ssrf.resolver`` with a fake
 table, and nothing connects anywhere.
 """
 
@@ -11,8 +11,8 @@ import socket
 import pytest
 from django.test import override_settings
 
-from pubsubpull import targets
-from pubsubpull.targets import (
+from pubsubpull import ssrf
+from pubsubpull.ssrf import (
     Destination,
     TargetNotAllowed,
     check_at_delivery,
@@ -45,7 +45,7 @@ def fake_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         return table[host]
 
-    monkeypatch.setattr(targets, "resolver", resolve)
+    monkeypatch.setattr(ssrf, "resolver", resolve)
     return table
 
 
@@ -169,7 +169,7 @@ def test_resolver_gets_host_and_default_or_given_port(monkeypatch: pytest.Monkey
         asked.append((host, port))
         return [PUBLIC_V4]
 
-    monkeypatch.setattr(targets, "resolver", resolve)
+    monkeypatch.setattr(ssrf, "resolver", resolve)
     check_target("https://Hooks.Example.com/")
     check_target("https://hooks.example.com:8443/")
     assert asked == [("hooks.example.com", 443), ("hooks.example.com", 8443)]
@@ -388,8 +388,8 @@ def test_malformed_url_is_refused_with_a_message(url: str, expected: str) -> Non
 
 
 def test_long_url_is_refused_before_parsing() -> None:
-    url = "https://hooks.example.com/" + "a" * (targets.MAX_LENGTH - 26)
-    assert len(url) == targets.MAX_LENGTH and check_target(url) == url
+    url = "https://hooks.example.com/" + "a" * (ssrf.MAX_LENGTH - 26)
+    assert len(url) == ssrf.MAX_LENGTH and check_target(url) == url
     assert "2001 characters long" in refusal(url + "a")
 
 
@@ -435,7 +435,7 @@ def test_check_at_delivery_resolves_once(monkeypatch: pytest.MonkeyPatch) -> Non
         asked.append(host)
         return next(answers)
 
-    monkeypatch.setattr(targets, "resolver", resolve)
+    monkeypatch.setattr(ssrf, "resolver", resolve)
     assert check_at_delivery("https://hooks.example.com/").addresses == (PUBLIC_V4,)
     assert asked == ["hooks.example.com"]
 
@@ -516,4 +516,4 @@ def test_a_single_string_setting_is_one_prefix() -> None:
 
 def test_default_resolver_returns_every_address_as_text() -> None:
     # A numeric host: getaddrinfo parses it without asking DNS.
-    assert set(targets.resolve_host("127.0.0.1", 80)) == {"127.0.0.1"}
+    assert set(ssrf.resolve_host("127.0.0.1", 80)) == {"127.0.0.1"}

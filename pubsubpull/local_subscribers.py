@@ -1,4 +1,4 @@
-"""Local receivers: ``@pubsubpull.on(...)`` functions fed by the delivery worker."""
+"""Local subscribers: ``@pubsubpull.on(...)`` functions fed by the delivery worker."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
-class Receiver:
+class LocalSubscriber:
     name: str
     path: str  # dotted path the worker imports
     topics: tuple[str, ...]
     filter: str
 
 
-_receivers: dict[str, Receiver] = {}
+_registered: dict[str, LocalSubscriber] = {}
 
 
 def on(*topics: str, filter: str | None = None, name: str | None = None) -> Callable[[F], F]:
@@ -27,7 +27,7 @@ def on(*topics: str, filter: str | None = None, name: str | None = None) -> Call
 
     ``fn(changes: list[dict])`` runs with the guarantees of a subscription: in
     position order, retried with backoff when it raises, isolated from other
-    receivers. Register receivers at import time of a module Django loads (e.g.
+    local subscribers. Register them at import time of a module Django loads (e.g.
     ``models.py`` or ``AppConfig.ready``)::
 
         @pubsubpull.on("shop.order.insert", filter="$.new.total > 100")
@@ -39,35 +39,37 @@ def on(*topics: str, filter: str | None = None, name: str | None = None) -> Call
     def register(function: F) -> F:
         path = f"{function.__module__}.{function.__qualname__}"
         if "<" in path:
-            raise ValueError(f"{path}: receivers must be module-level functions")
-        receiver = Receiver(name or path, path, tuple(topics), filter or "")
-        _receivers[receiver.name] = receiver
+            raise ValueError(f"{path}: local subscribers must be module-level functions")
+        subscriber = LocalSubscriber(name or path, path, tuple(topics), filter or "")
+        _registered[subscriber.name] = subscriber
         return function
 
     return register
 
 
-def registered() -> list[Receiver]:
-    return sorted(_receivers.values(), key=lambda r: r.name)
+def registered() -> list[LocalSubscriber]:
+    return sorted(_registered.values(), key=lambda r: r.name)
 
 
 def sync() -> None:
-    """Create or update the subscription row of every registered receiver.
+    """Create or update the subscription row of every registered local subscriber.
 
-    New receivers start at the present; receivers no longer registered keep their
+    New ones start at the present; those no longer registered keep their
     row (delete it in the admin if the function is gone for good).
     """
     from .models import LOCAL_PREFIX, Subscription
-    from .pull import now
+    from .reads import now
 
-    for receiver in registered():
+    for subscriber in registered():
         values = {
-            "target": f"{LOCAL_PREFIX}{receiver.path}",
-            "topics": list(receiver.topics),
-            "filter": receiver.filter,
+            "target": f"{LOCAL_PREFIX}{subscriber.path}",
+            "topics": list(subscriber.topics),
+            "filter": subscriber.filter,
         }
-        subscription = Subscription.objects.filter(owner=None, name=receiver.name).first()
+        subscription = Subscription.objects.filter(owner=None, name=subscriber.name).first()
         if subscription is None:
-            Subscription.objects.create(owner=None, name=receiver.name, cursor=str(now()), **values)
+            Subscription.objects.create(
+                owner=None, name=subscriber.name, cursor=str(now()), **values
+            )
         elif any(getattr(subscription, k) != v for k, v in values.items()):
             Subscription.objects.filter(pk=subscription.pk).set_terms(**values)

@@ -15,7 +15,8 @@ from typing import Any
 from django.apps import apps
 from django.db import models, transaction
 
-from .client import Service
+from pubsubpull.client import Service
+
 from .models import Mirror, MirrorRow
 
 Progress = Callable[[str, int], None]  # (phase, rows or changes applied so far)
