@@ -48,3 +48,13 @@ def raw_connection() -> object:
     import psycopg
 
     return psycopg.connect(current_database_url())
+
+
+def backend_alive(pid: int) -> bool:
+    """Whether the server still runs the backend ``pid`` (it ends a little after its
+    client closed the connection, and only then frees its locks)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid])
+        return cursor.fetchone() is not None

@@ -27,7 +27,7 @@ from pubsubpull.models import Delivery, Subscription
 from pubsubpull.webhooks import generate_secret
 from test_project.shop.models import Customer, Order
 from tests.delivery_helpers import Receiver, drain, put, wake
-from tests.helpers import raw_connection, subprocess_env
+from tests.helpers import backend_alive, raw_connection, subprocess_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ROOT = Path(__file__).resolve().parent.parent
@@ -461,6 +461,7 @@ def test_one_sender_per_subscription_until_its_connection_dies(
     # visible once no other transaction (autovacuum's analyze, say) holds the horizon
     wait_for(lambda: delivery.due_subscriptions() == [subscription.pk])
     other_worker = raw_connection()  # type: ignore[attr-defined]
+    other_pid = other_worker.info.backend_pid  # type: ignore[attr-defined]
     try:
         with delivery.claimed(subscription.pk) as first:
             assert first
@@ -476,6 +477,8 @@ def test_one_sender_per_subscription_until_its_connection_dies(
             assert not second
     finally:
         other_worker.close()  # the other worker dies: its claim goes with its connection
+    # the server ends the backend (and frees its locks) after the client has closed
+    wait_for(lambda: not backend_alive(other_pid))
     with delivery.claimed(subscription.pk) as third:
         assert third
     assert delivery.due_subscriptions() == [subscription.pk]
