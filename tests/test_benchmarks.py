@@ -1,7 +1,7 @@
 """The benchmark harness keeps working: ``python -m benchmarks --quick --dry-run`` runs clean.
 
 No timings are asserted: benchmarks are not tests. The peers the benchmarks compare against
-come with ``pip install -e ".[bench]"``; without them this test is skipped.
+come with ``pip install -e . --group bench``; without them this test is skipped.
 """
 
 from __future__ import annotations
