@@ -19,7 +19,7 @@ class InvalidEvent(ValueError):
 
 def labels() -> list[str]:
     """Custom event labels declared in ``PUBSUBPULL["EVENTS"]``."""
-    return [str(label).lower() for label in conf.get("EVENTS")]
+    return [str(label).lower() for label in conf.settings.EVENTS]
 
 
 def publish(topic: str, payload: Any) -> Change:

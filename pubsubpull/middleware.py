@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -33,12 +33,12 @@ def recorded_path(request: HttpRequest) -> str:
     """
     path = escape_uri_path(request.path)
     query = iri_to_uri(request.META.get("QUERY_STRING", ""))
-    if query and conf.get("REQUEST_QUERY"):
-        path += "?" + redact_query(query, conf.get("REDACT_QUERY"))
+    if query and conf.settings.REQUEST_QUERY:
+        path += "?" + redact_query(query, conf.settings.REDACT_QUERY)
     return path[:MAX_PATH]
 
 
-def redact_query(query: str, names: list[str]) -> str:
+def redact_query(query: str, names: Sequence[str]) -> str:
     """``query`` with the values of parameters whose name contains one of ``names``
     (case-insensitive) replaced by ``REDACTED``; names, order and blank values kept."""
     hidden = [name.lower() for name in names if name]

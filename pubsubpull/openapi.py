@@ -63,8 +63,8 @@ def _path(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]
 
 
 def _limit() -> dict[str, Any]:
-    maximum = int(conf.get("MAX_PAGE_SIZE"))
-    default = min(int(conf.get("PAGE_SIZE")), maximum)
+    maximum = conf.settings.MAX_PAGE_SIZE
+    default = min(conf.settings.PAGE_SIZE, maximum)
     return _query(
         "limit",
         "Page size.",
@@ -155,7 +155,7 @@ def _paths() -> dict[str, Any]:
                     _query(
                         "wait",
                         "Seconds to wait for a first change when there is none yet (long poll), "
-                        f"capped at {conf.get('MAX_WAIT')}.",
+                        f"capped at {conf.settings.MAX_WAIT}.",
                         {"type": "number", "minimum": 0, "maximum": 1e9, "default": 0},
                         empty=True,
                     ),

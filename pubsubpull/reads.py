@@ -170,7 +170,7 @@ def reader_cursor(connection: BaseDatabaseWrapper, limited: bool) -> Iterator[An
         with connection.cursor() as cursor:
             yield cursor
         return
-    with _reader_errors(), time_limit(connection, float(conf.get("FILTER_TIMEOUT"))) as cursor:
+    with _reader_errors(), time_limit(connection, conf.settings.FILTER_TIMEOUT) as cursor:
         yield cursor
 
 
@@ -202,7 +202,7 @@ def _reader_errors() -> Iterator[None]:
     except OperationalError as error:
         if isinstance(error.__cause__, psycopg.errors.QueryCanceled):
             raise QueryFailed(
-                f"the filter and topics took longer than {conf.get('FILTER_TIMEOUT')} s "
+                f"the filter and topics took longer than {conf.settings.FILTER_TIMEOUT} s "
                 "(PUBSUBPULL['FILTER_TIMEOUT']): use a simpler filter or fewer topic patterns",
                 "timeout",
             ) from None
@@ -270,7 +270,7 @@ def wait_for_changes(
         return page
     global _waiting
     with _waiting_lock:
-        if _waiting >= int(conf.get("MAX_WAITING")):
+        if _waiting >= conf.settings.MAX_WAITING:
             raise TooManyWaiting(page)
         _waiting += 1
     try:

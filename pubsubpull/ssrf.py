@@ -393,7 +393,7 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | No
 def _prefixes(allowed: Sequence[str] | None) -> list[_Prefix]:
     """The usable prefixes of ``allowed`` (default ``PUBSUBPULL["ALLOWED_TARGETS"]``)."""
     if allowed is None:
-        allowed = conf.get("ALLOWED_TARGETS") or []
+        allowed = conf.settings.ALLOWED_TARGETS or []
     if isinstance(allowed, str):
         allowed = [allowed]
     prefixes = []

@@ -100,7 +100,7 @@ def _filter(value: Any) -> str:
         return ""
     if not isinstance(value, str):
         raise TypeError("must be an SQL/JSON path string, e.g. '$.new.total > 100'")
-    maximum = int(conf.get("MAX_FILTER_LENGTH"))
+    maximum = conf.settings.MAX_FILTER_LENGTH
     if len(value) > maximum:
         raise ValueError(
             f"has {len(value)} characters, more than {maximum} (PUBSUBPULL['MAX_FILTER_LENGTH']): "
@@ -180,7 +180,7 @@ def check_room(owner: Any) -> None:
     """
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s, %s::int)", [OWNER_LOCKS, owner.pk])
-    maximum = int(conf.get("MAX_SUBSCRIPTIONS"))
+    maximum = conf.settings.MAX_SUBSCRIPTIONS
     if Subscription.objects.filter(owner=owner).count() >= maximum:
         raise Invalid(
             {

@@ -36,7 +36,12 @@ STALLED_AFTER = 30.0  # seconds without a worker heartbeat (Procrastinate beats 
 logger = logging.getLogger(__name__)
 
 
-def _cron(seconds: int) -> str:
+def _cron(value: object) -> str:
+    """The sweep's schedule; a bad setting (read at import, before the system check
+    E019 reports it) falls back to the default instead of failing the worker's start."""
+    seconds: int = conf.DEFAULTS["SWEEP_INTERVAL"]
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        seconds = value
     if seconds < 60:
         return f"* * * * * */{max(1, seconds)}"  # croniter: seconds come sixth
     return f"*/{max(1, seconds // 60)} * * * *"
@@ -126,7 +131,7 @@ def _defer_or_leave_to_sweep(subscription_id: int, at: datetime) -> None:
         logger.warning("pubsubpull could not queue delivery of %s: %s", subscription_id, error)
 
 
-@app.periodic(cron=_cron(int(conf.get("SWEEP_INTERVAL"))), periodic_id="sweep")
+@app.periodic(cron=_cron(conf.settings.SWEEP_INTERVAL), periodic_id="sweep")
 @app.task(name=DISPATCH, queue=QUEUE, queueing_lock=DISPATCH)
 def dispatch(timestamp: int | None = None) -> None:
     """Queue the delivery of every subscription with visible changes waiting."""

@@ -95,7 +95,7 @@ def parse(value: str | Iterable[str] | None) -> list[str]:
     if value is None or value == "":
         return []
     items = value.split(",") if isinstance(value, str) else list(value)
-    maximum = int(conf.get("MAX_TOPICS"))
+    maximum = conf.settings.MAX_TOPICS
     if len(items) > maximum:
         raise InvalidPattern(
             f"{len(items)} topic patterns: at most {maximum} (PUBSUBPULL['MAX_TOPICS']); "

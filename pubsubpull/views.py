@@ -126,9 +126,9 @@ def json_page(results: list[str], **fields: Any) -> HttpResponse:
 
 def _limit(request: HttpRequest) -> int:
     raw = request.GET.get("limit")
-    maximum = int(conf.get("MAX_PAGE_SIZE"))
+    maximum = conf.settings.MAX_PAGE_SIZE
     if raw is None or raw == "":
-        return min(int(conf.get("PAGE_SIZE")), maximum)
+        return min(conf.settings.PAGE_SIZE, maximum)
     if not re.fullmatch(r"[0-9]{1,7}", raw) or not 1 <= int(raw) <= maximum:
         raise bad_parameter("limit", f"limit must be an integer from 1 to {maximum}")
     return int(raw)
@@ -248,7 +248,7 @@ def _wait(request: HttpRequest) -> float:
     raw = request.GET.get("wait")
     if raw is None or raw == "":
         return 0.0
-    cap = float(conf.get("MAX_WAIT"))
+    cap = conf.settings.MAX_WAIT
     try:
         wait = float(raw)
     except ValueError:

@@ -172,5 +172,5 @@ def watcher(using: str = "default") -> Watcher:
     key = (os.getpid(), using)  # a forked process starts its own
     with _watchers_lock:
         if key not in _watchers:
-            _watchers[key] = Watcher(connection_params(using), float(conf.get("POLL_INTERVAL")))
+            _watchers[key] = Watcher(connection_params(using), conf.settings.POLL_INTERVAL)
         return _watchers[key]

@@ -394,3 +394,15 @@ def test_e021_tables_routed_away_from_the_default_database(
 def test_routers_keeping_pubsubpull_in_the_default_database_pass() -> None:
     with override_settings(DATABASE_ROUTERS=[Elsewhere("sessions")]):
         assert check_routers() == []
+
+
+@pytest.mark.parametrize("value", [0, 0.5, "60", None, True])
+def test_an_unusable_sweep_interval_does_not_stop_the_worker_from_starting(
+    value: object,
+) -> None:
+    """The sweep's schedule is read when tasks.py is imported, before E019 can report the
+    setting: it falls back to the default instead of raising."""
+    from pubsubpull import tasks
+
+    assert tasks._cron(value) == tasks._cron(conf.DEFAULTS["SWEEP_INTERVAL"])
+    assert tasks._cron(30) == "* * * * * */30" and tasks._cron(120) == "*/2 * * * *"
