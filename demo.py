@@ -57,12 +57,20 @@ def create_database(server_url: str, name: str) -> str:
 
 
 def manage(url: str, *args: str, **extra_env: str) -> str:
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "test_project.settings",
-           "DATABASE_URL": url, **extra_env}  # fmt: skip
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "test_project.settings",
+        "DATABASE_URL": url,
+        **extra_env,
+    }
     result = subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True,
-        text=True, check=False,
-    )  # fmt: skip
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode != 0:
         raise SystemExit(f"manage.py {' '.join(args)} failed:\n{result.stderr}")
     return result.stdout
@@ -70,13 +78,21 @@ def manage(url: str, *args: str, **extra_env: str) -> str:
 
 @contextmanager
 def process(name: str, url: str, *args: str, **extra_env: str) -> Iterator[subprocess.Popen[str]]:
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "test_project.settings",
-           "DATABASE_URL": url, **extra_env}  # fmt: skip
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "test_project.settings",
+        "DATABASE_URL": url,
+        **extra_env,
+    }
     log = open(Path(tempfile.gettempdir()) / f"pubsubpull-demo-{name}.log", "w")  # noqa: SIM115
     child = subprocess.Popen(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, stdout=log, stderr=log,
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=log,
         text=True,
-    )  # fmt: skip
+    )
     try:
         yield child
     finally:
@@ -132,9 +148,15 @@ def main() -> int:
         for db in (publisher_db, subscriber_db):
             manage(db, "migrate", "--verbosity", "0")
         manage(
-            publisher_db, "createsuperuser", "--noinput", "--username", "billing",
-            "--email", "billing@example.com", DJANGO_SUPERUSER_PASSWORD="demo-password",
-        )  # fmt: skip
+            publisher_db,
+            "createsuperuser",
+            "--noinput",
+            "--username",
+            "billing",
+            "--email",
+            "billing@example.com",
+            DJANGO_SUPERUSER_PASSWORD="demo-password",
+        )
         token = manage(publisher_db, "pubsubpull", "token", "billing").strip()
         say("Two services migrated; the subscriber got an API token from the publisher.")
 
@@ -148,11 +170,16 @@ def main() -> int:
 
         service = Service(publisher + "/pubsubpull/", token=token)
         subscription = service.subscribe(
-            "customers", subscriber + "/shop/webhook/", topics=["shop.customer.*"],
-            secret=secret, batch_size=50,
-        )  # fmt: skip
-        say(f"PUT /pubsubpull/subscriptions/customers/ -> {subscription['status']}, "
-            f"signed={subscription['signed']}")  # fmt: skip
+            "customers",
+            subscriber + "/shop/webhook/",
+            topics=["shop.customer.*"],
+            secret=secret,
+            batch_size=50,
+        )
+        say(
+            f"PUT /pubsubpull/subscriptions/customers/ -> {subscription['status']}, "
+            f"signed={subscription['signed']}"
+        )
 
         for name in ("Ada", "Grace", "Edsger"):
             requests.post(publisher + "/shop/customers/", json={"name": name}, timeout=10)
@@ -173,8 +200,10 @@ def main() -> int:
         for id_, name, email in cache():
             say(f"  subscriber cache: customer {id_} {name} <{email}>")
         deliveries = service.subscription("customers")
-        say(f"Notifications delivered; lag {deliveries['lag']}, last error "
-            f"{deliveries['last_error']}.")  # fmt: skip
+        say(
+            f"Notifications delivered; lag {deliveries['lag']}, last error "
+            f"{deliveries['last_error']}."
+        )
 
         # A pull mirror: replay the change log, each change applied only if newer (seq).
         mirror: dict[str, dict[str, Any]] = {}
@@ -187,8 +216,10 @@ def main() -> int:
                     mirror.pop(change["pk"], None)
                 else:
                     mirror[change["pk"]] = change["new"]
-        say(f"Pull mirror: {len(mirror)} rows rebuilt from {len(seqs)} keys in the change log, "
-            f"cursor {changes.cursor}.")  # fmt: skip
+        say(
+            f"Pull mirror: {len(mirror)} rows rebuilt from {len(seqs)} keys in the change log, "
+            f"cursor {changes.cursor}."
+        )
         instances = sorted(
             (r["id"], r["name"], r["email"]) for r in service.instances("shop.customer")
         )

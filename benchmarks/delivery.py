@@ -232,10 +232,22 @@ class Worker:
         if settings:
             env[SETTINGS_VARIABLE] = json.dumps(settings)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "django", "procrastinate", "worker",
-             "--concurrency", str(concurrency), "--queues", "pubsubpull"],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "django",
+                "procrastinate",
+                "worker",
+                "--concurrency",
+                str(concurrency),
+                "--queues",
+                "pubsubpull",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 60
         while not _worker_ids() - known:  # registered: it listens for jobs now
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -305,11 +317,17 @@ def subscribe(target: str, cursor: str = "0-0", name: str = "bench", status: str
         owner=subscriber(),
         name=name,
         defaults={
-            "target": target, "batch_size": BATCH_SIZE, "cursor": cursor, "status": status,
-            "batch_id": "", "batch_end": "", "failures": 0, "next_attempt": None,
+            "target": target,
+            "batch_size": BATCH_SIZE,
+            "cursor": cursor,
+            "status": status,
+            "batch_id": "",
+            "batch_end": "",
+            "failures": 0,
+            "next_attempt": None,
             "last_error": "",
         },
-    )  # fmt: skip
+    )
     return subscription
 
 
@@ -382,9 +400,11 @@ def ceiling(url: str, bodies: list[bytes]) -> float:
         started = time.perf_counter()
         for data in bodies:
             headers = {
-                "Content-Type": "application/json", "User-Agent": "pubsubpull",
-                "webhook-id": uuid.uuid4().hex, "webhook-timestamp": str(int(time.time())),
-            }  # fmt: skip
+                "Content-Type": "application/json",
+                "User-Agent": "pubsubpull",
+                "webhook-id": uuid.uuid4().hex,
+                "webhook-timestamp": str(int(time.time())),
+            }
             response = session.put(url, data=data, headers=headers, timeout=10)
             response.raise_for_status()
         return time.perf_counter() - started
@@ -686,7 +706,7 @@ def report(
                 ],
                 ["bare `requests` loop (ceiling)", _per_second(bare), _per_batch(bare), "1×"],
             ],
-        ),  # fmt: skip
+        ),
     ]
     if result["partial"]:
         received, seconds = result["partial"]

@@ -35,7 +35,7 @@ class LimitOffsetPagination(pagination.LimitOffsetPagination):
 
 
 class _RowViewSet(viewsets.ModelViewSet):
-    queryset = TrackedRow.objects.order_by("pk")
+    queryset = TrackedRow._default_manager.order_by("pk")
     serializer_class = TrackedRowSerializer
     # Sessions for the benchmark (Basic would add a password hash to every request).
     authentication_classes = [SessionAuthentication, BasicAuthentication]

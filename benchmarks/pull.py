@@ -54,10 +54,20 @@ class Server:
         )
         env = {**os.environ, "DJANGO_SETTINGS_MODULE": "benchmarks.settings"}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "django", "runserver", "--noreload", "--skip-checks",
-             f"127.0.0.1:{port}"],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "django",
+                "runserver",
+                "--noreload",
+                "--skip-checks",
+                f"127.0.0.1:{port}",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         self.url = f"http://127.0.0.1:{port}/"
         deadline = time.monotonic() + 60
         while True:
@@ -257,14 +267,16 @@ def report(count: int, reps: int, tries: int, samples: int, result: dict[str, An
         ratios = harness.ratios(last[name], first[name])
         rate = scans[name]
         against = harness.ratios(scans[ours], [harness.median(rate)] * len(scans[ours]))
-        rows.append([
-            name,
-            harness.seconds_cell([t * 1000 for t in first[name]]),
-            harness.seconds_cell([t * 1000 for t in last[name]]),
-            harness.ratio_cell(ratios),
-            _per_second(rate) + (" (est.)" if name == "DRF limit-offset" else ""),
-            "1×" if name == ours else harness.ratio_cell(against),
-        ])  # fmt: skip
+        rows.append(
+            [
+                name,
+                harness.seconds_cell([t * 1000 for t in first[name]]),
+                harness.seconds_cell([t * 1000 for t in last[name]]),
+                harness.ratio_cell(ratios),
+                _per_second(rate) + (" (est.)" if name == "DRF limit-offset" else ""),
+                "1×" if name == ours else harness.ratio_cell(against),
+            ]
+        )
     ours_ratio = harness.median(harness.ratios(last[ours], first[ours]))
     factors = {
         name: harness.median(scans[ours]) / harness.median(scans[name])

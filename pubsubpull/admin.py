@@ -55,9 +55,20 @@ class ChangeAdmin(ChangedFields, ReadOnlyAdmin):
     date_hierarchy = "created"
     list_select_related = ["request"]
     fields = readonly_fields = (
-        "id", "txid", "topic", "model", "table", "op", "object_pk", "changed_fields",
-        "old", "new", "request", "context", "created",
-    )  # fmt: skip
+        "id",
+        "txid",
+        "topic",
+        "model",
+        "table",
+        "op",
+        "object_pk",
+        "changed_fields",
+        "old",
+        "new",
+        "request",
+        "context",
+        "created",
+    )
     show_full_result_count = False  # counting a large log is slow
 
 
@@ -68,8 +79,15 @@ class RequestAdmin(ReadOnlyAdmin):
     search_fields = ["path", "username"]
     date_hierarchy = "started"
     fields = readonly_fields = (
-        "id", "user", "username", "method", "path", "started", "duration", "status",
-    )  # fmt: skip
+        "id",
+        "user",
+        "username",
+        "method",
+        "path",
+        "started",
+        "duration",
+        "status",
+    )
     inlines = [ChangeInline]
 
 
@@ -164,12 +182,31 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_filter = ["status"]
     search_fields = ["name", "target", "owner__username"]
     fields = [
-        "owner", "name", "target", "topics", "filter", "batch_size", "status", "cursor",
-        "lag", "failures", "last_error", "next_attempt", "last_delivered", "created", "updated",
-    ]  # fmt: skip
+        "owner",
+        "name",
+        "target",
+        "topics",
+        "filter",
+        "batch_size",
+        "status",
+        "cursor",
+        "lag",
+        "failures",
+        "last_error",
+        "next_attempt",
+        "last_delivered",
+        "created",
+        "updated",
+    ]
     readonly_fields = [
-        "lag", "failures", "last_error", "next_attempt", "last_delivered", "created", "updated",
-    ]  # fmt: skip
+        "lag",
+        "failures",
+        "last_error",
+        "next_attempt",
+        "last_delivered",
+        "created",
+        "updated",
+    ]
     actions = ["pause", "resume", "replay_from_start"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Subscription]:

@@ -23,11 +23,36 @@ from . import registry
 
 # Statements that cannot write rows or cannot carry a prepended SELECT.
 _SKIPPED_PREFIXES = (
-    "select", "savepoint", "release", "rollback", "commit", "begin", "start", "set ",
-    "show", "vacuum", "analyze", "checkpoint", "discard", "load", "cluster", "reindex",
-    "create", "alter", "drop", "lock", "declare", "fetch", "close", "explain", "listen",
-    "unlisten", "notify", "prepare", "deallocate",
-)  # fmt: skip
+    "select",
+    "savepoint",
+    "release",
+    "rollback",
+    "commit",
+    "begin",
+    "start",
+    "set ",
+    "show",
+    "vacuum",
+    "analyze",
+    "checkpoint",
+    "discard",
+    "load",
+    "cluster",
+    "reindex",
+    "create",
+    "alter",
+    "drop",
+    "lock",
+    "declare",
+    "fetch",
+    "close",
+    "explain",
+    "listen",
+    "unlisten",
+    "notify",
+    "prepare",
+    "deallocate",
+)
 
 
 @dataclass

@@ -219,9 +219,14 @@ class Service:
         ``target``. Returns the subscription (never its secret); options left as None are
         not sent (on a replace, the cursor, status and secret then stay as they were)."""
         body = {
-            "target": target, "topics": topics, "filter": filter, "batch_size": batch_size,
-            "secret": secret, "status": status, "cursor": cursor,
-        }  # fmt: skip
+            "target": target,
+            "topics": topics,
+            "filter": filter,
+            "batch_size": batch_size,
+            "secret": secret,
+            "status": status,
+            "cursor": cursor,
+        }
         return self._request(
             "PUT",
             self._url("subscriptions", name),

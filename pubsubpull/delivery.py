@@ -65,9 +65,14 @@ def pending(
     """Up to ``limit`` visible changes after the subscription's cursor that it selects."""
     labels, after, patterns, events = _selection(subscription)
     return reads.changes_page(
-        labels, after, patterns, limit, events=events, filter=subscription.filter or None,
+        labels,
+        after,
+        patterns,
+        limit,
+        events=events,
+        filter=subscription.filter or None,
         until=until,
-    )  # fmt: skip
+    )
 
 
 def pending_count(subscription: Subscription, cap: int) -> int:
@@ -122,9 +127,12 @@ def next_batch(subscription: Subscription) -> Batch | None:
 def body(subscription: Subscription, batch: Batch) -> bytes:
     """``{"subscription": name, "changes": [...]}`` around the JSON PostgreSQL built."""
     return (
-        '{"subscription": ' + json.dumps(subscription.name) + ', "changes": ['
-        + ", ".join(batch.changes) + "]}"
-    ).encode()  # fmt: skip
+        '{"subscription": '
+        + json.dumps(subscription.name)
+        + ', "changes": ['
+        + ", ".join(batch.changes)
+        + "]}"
+    ).encode()
 
 
 def send(subscription: Subscription, batch: Batch) -> Attempt:

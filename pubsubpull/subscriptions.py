@@ -23,10 +23,19 @@ LAG_CAP = 10_000
 OWNER_LOCKS = 0x70737073  # first key of the advisory lock taken to create ("psps")
 # What a filter is tried on when saved: a change document with every key a change has.
 SAMPLE_CHANGE = {
-    "id": "1-1", "seq": 1, "topic": "app.model.update", "model": "app.model", "op": "update",
-    "pk": "1", "old": {"id": 1}, "new": {"id": 1}, "fields": ["id"], "request": None,
-    "context": {}, "time": "2026-01-01T00:00:00+00:00",
-}  # fmt: skip
+    "id": "1-1",
+    "seq": 1,
+    "topic": "app.model.update",
+    "model": "app.model",
+    "op": "update",
+    "pk": "1",
+    "old": {"id": 1},
+    "new": {"id": 1},
+    "fields": ["id"],
+    "request": None,
+    "context": {},
+    "time": "2026-01-01T00:00:00+00:00",
+}
 
 
 class Invalid(Exception):

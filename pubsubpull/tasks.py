@@ -96,8 +96,10 @@ def deliver(subscription_id: int) -> None:
         # same webhook-id. Queue the job again rather than end it failed.
         logger.warning(
             "pubsubpull delivery of subscription %s met a database error, retrying: %s",
-            subscription_id, error, extra={"subscription": subscription_id},
-        )  # fmt: skip
+            subscription_id,
+            error,
+            extra={"subscription": subscription_id},
+        )
         again = timezone.now() + DATABASE_RETRY
     if again is not None:
         _defer_or_leave_to_sweep(subscription_id, again)

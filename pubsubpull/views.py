@@ -299,7 +299,7 @@ def subscription(request: HttpRequest, name: str) -> HttpResponse:
                     "error": "invalid_subscription",
                     "detail": _summary(error.errors),
                     "fields": error.errors,
-                }  # fmt: skip
+                }
             ).encode()
             return response
         transaction.on_commit(lambda: _wake(saved.pk))

@@ -135,8 +135,10 @@ class Watcher:
                 self.connected.clear()
                 logger.warning(
                     "pubsubpull wake-ups lost their database connection (%s); retrying in %.1f s",
-                    error, pause, extra={"error": str(error)},
-                )  # fmt: skip
+                    error,
+                    pause,
+                    extra={"error": str(error)},
+                )
                 self._fire()  # waiters look again (and meet the error themselves)
                 if self._unused():
                     return

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import psycopg
 from django.db import connection
 
 from pubsubpull.models import Change
@@ -43,18 +46,14 @@ def subprocess_env() -> dict[str, str]:
     }
 
 
-def raw_connection() -> object:
+def raw_connection() -> psycopg.Connection[Any]:
     """A psycopg connection of its own to the test database (another session)."""
-    import psycopg
-
     return psycopg.connect(current_database_url())
 
 
 def backend_alive(pid: int) -> bool:
     """Whether the server still runs the backend ``pid`` (it ends a little after its
     client closed the connection, and only then frees its locks)."""
-    from django.db import connection
-
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid])
         return cursor.fetchone() is not None

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from django.contrib.admin import site
 from django.contrib.auth.models import Permission, User
-from django.http import HttpResponse
 from django.test import Client, RequestFactory
 
 import pubsubpull
@@ -18,6 +17,9 @@ from pubsubpull import local_subscribers, subscriptions
 from pubsubpull.crypto import encrypt
 from pubsubpull.models import Change, Delivery, Request, Subscription
 from pubsubpull.webhooks import generate_secret
+
+if TYPE_CHECKING:
+    from django.test.client import _MonkeyPatchedWSGIResponse as Response
 
 pytestmark = pytest.mark.django_db
 
@@ -85,10 +87,12 @@ def clerk() -> User:
     """Staff who may add, change and view subscriptions, and view customers: nothing else."""
     return user_with(
         "clerk",
-        "pubsubpull.add_subscription", "pubsubpull.change_subscription",
-        "pubsubpull.view_subscription", "shop.view_customer",
+        "pubsubpull.add_subscription",
+        "pubsubpull.change_subscription",
+        "pubsubpull.view_subscription",
+        "shop.view_customer",
         staff=True,
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture
@@ -148,10 +152,10 @@ def form(subscription: Subscription, **changes: Any) -> dict[str, Any]:
 
 def row(subscription: Subscription) -> dict[str, Any]:
     """The subscription's database row."""
-    return Subscription.objects.filter(pk=subscription.pk).values().get()
+    return dict(Subscription.objects.filter(pk=subscription.pk).values().get())
 
 
-def errors(response: HttpResponse) -> dict[str, list[str]]:
+def errors(response: Response) -> dict[str, list[str]]:
     """The admin form's errors (the page is shown again, nothing saved)."""
     assert response.status_code == 200, response.status_code
     return dict(response.context["adminform"].form.errors)
@@ -181,9 +185,16 @@ def test_change_to_a_refused_target_saves_nothing(
 
 
 def test_add_with_a_python_target_saves_nothing(clerk_client: Client, clerk: User) -> None:
-    data = {"owner": clerk.pk, "name": "printer", "target": "python:builtins.print",
-            "topics": "[]", "filter": "", "batch_size": 100, "status": "active",
-            "cursor": "0-0"}  # fmt: skip
+    data = {
+        "owner": clerk.pk,
+        "name": "printer",
+        "target": "python:builtins.print",
+        "topics": "[]",
+        "filter": "",
+        "batch_size": 100,
+        "status": "active",
+        "cursor": "0-0",
+    }
     response = clerk_client.post(url(), data)
     assert "is not an absolute http(s) URL" in errors(response)["target"][0]
     assert not Subscription.objects.exists()
@@ -202,8 +213,15 @@ def test_owner_cannot_be_changed(
 def test_add_needs_an_owner_and_staff_may_only_lend_their_own_permissions(
     clerk_client: Client, clerk: User, alice: User, root: User, root_client: Client
 ) -> None:
-    data = {"name": "mine", "target": HOOK, "topics": '["shop.customer.*"]', "filter": "",
-            "batch_size": 100, "status": "active", "cursor": "0-0"}  # fmt: skip
+    data = {
+        "name": "mine",
+        "target": HOOK,
+        "topics": '["shop.customer.*"]',
+        "filter": "",
+        "batch_size": 100,
+        "status": "active",
+        "cursor": "0-0",
+    }
     assert clerk_client.get(url()).context["adminform"].form.initial["owner"] == clerk.pk
     assert "owner" in errors(clerk_client.post(url(), data))  # required
     for other in (root, alice):  # a superuser would read everything
@@ -273,8 +291,13 @@ def test_an_error_on_no_field_of_the_form_is_still_shown(
 def test_a_valid_edit_saves_as_the_api_would(
     clerk_client: Client, subscription: Subscription
 ) -> None:
-    changes = {"target": "HTTP://127.0.0.1:9000/other", "topics": '["shop.customer.insert"]',
-               "filter": "$.new.active == true", "batch_size": 50, "status": "paused"}  # fmt: skip
+    changes = {
+        "target": "HTTP://127.0.0.1:9000/other",
+        "topics": '["shop.customer.insert"]',
+        "filter": "$.new.active == true",
+        "batch_size": 50,
+        "status": "paused",
+    }
     response = clerk_client.post(url(subscription), form(subscription, **changes))
     assert response.status_code == 302
     subscription.refresh_from_db()
@@ -352,8 +375,13 @@ def test_receivers_code_owned_fields_cannot_change_but_it_can_be_paused(
     assert 'name="status"' in page and 'name="cursor"' in page
     before = row(receiver)
 
-    attack = {"owner": root.pk, "name": "renamed", "target": "python:builtins.print",
-              "topics": '["shop.#"]', "filter": ""}  # fmt: skip
+    attack = {
+        "owner": root.pk,
+        "name": "renamed",
+        "target": "python:builtins.print",
+        "topics": '["shop.#"]',
+        "filter": "",
+    }
     response = root_client.post(url(receiver), form(receiver, status="paused", **attack))
     assert response.status_code == 302
     after = row(receiver)
@@ -401,9 +429,11 @@ def listed(client: Client) -> set[int]:
 
 
 def test_staff_see_only_their_own_subscriptions_and_superusers_all(
-    clerk_client: Client, root_client: Client, subscription: Subscription,
+    clerk_client: Client,
+    root_client: Client,
+    subscription: Subscription,
     others: list[Subscription],
-) -> None:  # fmt: skip
+) -> None:
     assert listed(clerk_client) == {subscription.pk}
     assert listed(root_client) == {subscription.pk, *(other.pk for other in others)}
     for other in others:
@@ -422,8 +452,13 @@ def test_staff_cannot_view_change_or_delete_anothers_subscription(
         response = clerk_client.get(page)
         assert response.status_code == 302 and response["Location"] == "/admin/", page
     # Redirecting what the owner may read to the clerk's own server:
-    redirect = {"target": "http://127.0.0.1:9000/clerk", "topics": '["shop.customer.*"]',
-                "filter": "", "status": "active", "cursor": "0-0"}  # fmt: skip
+    redirect = {
+        "target": "http://127.0.0.1:9000/clerk",
+        "topics": '["shop.customer.*"]',
+        "filter": "",
+        "status": "active",
+        "cursor": "0-0",
+    }
     assert clerk_client.post(url(other), form(other, **redirect)).status_code == 302
     assert clerk_client.post(f"{base}/delete/", {"post": "yes"}).status_code == 302
     assert row(other) == before
@@ -457,20 +492,35 @@ def test_actions_act_only_on_subscriptions_the_user_may_see(
     assert response.status_code == 302
     assert {other.pk: row(other) for other in others} == before
     mine = row(subscription)
-    changed = {"pause": ("status", "paused"), "resume": ("failures", 0),
-               "replay_from_start": ("batch_id", "")}[action]  # fmt: skip
+    changed = {
+        "pause": ("status", "paused"),
+        "resume": ("failures", 0),
+        "replay_from_start": ("batch_id", ""),
+    }[action]
     assert mine[changed[0]] == changed[1]
 
 
 def add_form(owner: User, name: str) -> dict[str, Any]:
-    return {"owner": owner.pk, "name": name, "target": HOOK, "topics": '["shop.customer.*"]',
-            "filter": "", "batch_size": 100, "status": "active", "cursor": "0-0"}  # fmt: skip
+    return {
+        "owner": owner.pk,
+        "name": name,
+        "target": HOOK,
+        "topics": '["shop.customer.*"]',
+        "filter": "",
+        "batch_size": 100,
+        "status": "active",
+        "cursor": "0-0",
+    }
 
 
 def test_add_counts_against_max_subscriptions_per_owner(
-    clerk_client: Client, clerk: User, subscription: Subscription, root_client: Client,
-    alice: User, settings: Any,
-) -> None:  # fmt: skip
+    clerk_client: Client,
+    clerk: User,
+    subscription: Subscription,
+    root_client: Client,
+    alice: User,
+    settings: Any,
+) -> None:
     settings.PUBSUBPULL = {**settings.PUBSUBPULL, "MAX_SUBSCRIPTIONS": 1}
     response = clerk_client.post(url(), add_form(clerk, "second"))
     assert "PUBSUBPULL['MAX_SUBSCRIPTIONS']" in errors(response)["name"][0]
@@ -521,11 +571,16 @@ def test_staff_see_only_their_own_subscriptions_deliveries(client: Client) -> No
     theirs = Subscription.objects.create(owner=other, name="theirs", target="http://127.0.0.1:9/")
     attempts = {
         s.name: Delivery.objects.create(
-            subscription=s, batch_id="b", first="1-1", last="1-2", count=2,
-            error=f"error of {s.name}", duration=timedelta(0),
+            subscription=s,
+            batch_id="b",
+            first="1-1",
+            last="1-2",
+            count=2,
+            error=f"error of {s.name}",
+            duration=timedelta(0),
         )
         for s in (mine, theirs)
-    }  # fmt: skip
+    }
     client.force_login(staff)
     listed = client.get("/admin/pubsubpull/delivery/").content.decode()
     assert "error of mine" in listed and "error of theirs" not in listed

@@ -142,11 +142,18 @@ def test_poll_interval_accepts_seconds() -> None:
 @pytest.mark.parametrize(
     ("key", "value"),
     [
-        ("MAX_TOPICS", 0), ("MAX_TOPICS", "50"), ("MAX_TOPICS", 2.5), ("MAX_TOPICS", True),
-        ("MAX_FILTER_LENGTH", -1), ("FILTER_TIMEOUT", 0), ("FILTER_TIMEOUT", None),
-        ("MAX_SUBSCRIPTIONS", 0), ("MAX_WAITING", -1), ("MAX_WAITING", 10**9),
+        ("MAX_TOPICS", 0),
+        ("MAX_TOPICS", "50"),
+        ("MAX_TOPICS", 2.5),
+        ("MAX_TOPICS", True),
+        ("MAX_FILTER_LENGTH", -1),
+        ("FILTER_TIMEOUT", 0),
+        ("FILTER_TIMEOUT", None),
+        ("MAX_SUBSCRIPTIONS", 0),
+        ("MAX_WAITING", -1),
+        ("MAX_WAITING", 10**9),
     ],
-)  # fmt: skip
+)
 def test_e009_unusable_limit(key: str, value: object) -> None:
     with override_settings(PUBSUBPULL={key: value}):
         (error,) = check_settings()

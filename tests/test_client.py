@@ -381,12 +381,17 @@ def test_client_module_needs_no_django() -> None:
 
 def test_subscribe_list_show_and_unsubscribe(service: Service) -> None:
     created = service.subscribe(
-        "orders", "http://127.0.0.1:8001/hook", topics=["shop.order.*"], batch_size=50,
+        "orders",
+        "http://127.0.0.1:8001/hook",
+        topics=["shop.order.*"],
+        batch_size=50,
         secret="whsec_" + "A" * 43 + "=",
-    )  # fmt: skip
+    )
     assert (created["name"], created["topics"], created["batch_size"]) == (
-        "orders", ["shop.order.*"], 50,
-    )  # fmt: skip
+        "orders",
+        ["shop.order.*"],
+        50,
+    )
     assert created["signed"] is True and "secret" not in created
     paused = service.subscribe("orders", "http://127.0.0.1:8001/hook", status="paused")
     assert paused["status"] == "paused" and paused["signed"] is True  # secret kept

@@ -74,11 +74,21 @@ def _read_line(process: subprocess.Popen[str]) -> str:
 def test_tail_prints_changes_as_they_become_visible_until_interrupted() -> None:
     Customer.objects.create(name="before")
     process = subprocess.Popen(
-        [sys.executable, "manage.py", "pubsubpull", "tail", "--from-start",
-         "--topics", "shop.customer.*"],
-        cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "manage.py",
+            "pubsubpull",
+            "tail",
+            "--from-start",
+            "--topics",
+            "shop.customer.*",
+        ],
+        cwd=ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-    )  # fmt: skip
+    )
     try:
         first = _read_line(process)
         assert "shop.customer.insert" in first and "pk=" in first
@@ -98,9 +108,12 @@ def test_tail_json_from_now_skips_earlier_changes() -> None:
     Customer.objects.create(name="earlier")
     process = subprocess.Popen(
         [sys.executable, "manage.py", "pubsubpull", "tail", "--json"],
-        cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-    )  # fmt: skip
+    )
     try:
         assert process.stderr is not None
         assert "following changes after" in process.stderr.readline()  # position taken

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -54,10 +55,11 @@ def test_subscribe_write_receive_in_order_signed(api: Client, httpserver: HTTPSe
     receiver = Receiver()
     secret = generate_secret()
     created = put(
-        api, "customers",
+        api,
+        "customers",
         {"target": hook(httpserver, receiver), "topics": ["shop.customer.*"], "secret": secret},
         status=201,
-    )  # fmt: skip
+    )
     assert created["status"] == "active" and created["signed"] is True
     assert "secret" not in created and secret not in json.dumps(created)
 
@@ -85,11 +87,15 @@ def test_topics_and_filter_select_exactly_the_matching_changes(
 ) -> None:
     receiver = Receiver()
     put(
-        api, "big-orders",
-        {"target": hook(httpserver, receiver), "topics": ["shop.order.*"],
-         "filter": "$.new.total > 100"},
+        api,
+        "big-orders",
+        {
+            "target": hook(httpserver, receiver),
+            "topics": ["shop.order.*"],
+            "filter": "$.new.total > 100",
+        },
         status=201,
-    )  # fmt: skip
+    )
     customer = Customer.objects.create(name="buyer")
     for total in ("50", "150", "99.99", "200"):
         Order.objects.create(customer=customer, total=Decimal(total))
@@ -156,9 +162,13 @@ def test_one_dead_target_does_not_delay_another(api: Client, httpserver: HTTPSer
     healthy = Receiver()
     put(api, "dead", {"target": "http://127.0.0.1:9/closed"}, status=201)  # discard port
     put(api, "alive", {"target": hook(httpserver, healthy)}, status=201)
+
+    def received(count: int) -> Callable[[], bool]:
+        return lambda: len(healthy.changes()) == count
+
     for i in range(3):
         Customer.objects.create(name=f"a{i}")
-        drain(lambda i=i: len(healthy.changes()) == i + 1, timeout=10)
+        drain(received(i + 1), timeout=10)
     dead = Subscription.objects.get(name="dead")
     assert dead.failures == 1 and "Connection" in dead.last_error  # waiting 30 s to retry
     assert names(healthy.changes()) == ["a0", "a1", "a2"]
@@ -194,8 +204,11 @@ def test_worker_killed_mid_delivery_loses_nothing(api: Client, httpserver: HTTPS
         Customer.objects.create(name=f"k{i}")
     worker = subprocess.Popen(
         [sys.executable, "manage.py", "procrastinate", "worker", "--queues", "pubsubpull"],
-        cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wake()
     try:
         deadline = time.monotonic() + 30
@@ -238,8 +251,11 @@ def test_a_waiting_worker_is_woken_by_commits(api: Client, httpserver: HTTPServe
     put(api, "live", {"target": hook(httpserver, receiver)}, status=201)
     worker = subprocess.Popen(
         [sys.executable, "manage.py", "procrastinate", "worker", "--queues", "pubsubpull"],
-        cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:  # no job queued: the worker's process watches the log from its start
         Customer.objects.create(name="first")
         wait_for(lambda: names(receiver.changes()) == ["first"], worker)
@@ -312,8 +328,9 @@ def test_local_receivers_are_isolated_and_retried(monkeypatch: pytest.MonkeyPatc
     pubsubpull.on("shop.#")(broken)
     local_subscribers.sync()
     assert set(Subscription.objects.values_list("target", flat=True)) == {
-        "python:tests.test_delivery.remember", "python:tests.test_delivery.broken",
-    }  # fmt: skip
+        "python:tests.test_delivery.remember",
+        "python:tests.test_delivery.broken",
+    }
     Customer.objects.create(name="local", active=True)
     Customer.objects.create(name="inactive", active=False)
     drain(lambda: len(broken_calls) >= 3 and bool(seen))
@@ -336,8 +353,10 @@ def test_publish_is_in_the_callers_transaction_and_delivered(
     drain(lambda: bool(receiver.changes()))
     (event,) = receiver.changes()
     assert (event["topic"], event["model"], event["op"]) == (
-        "billing.invoice.paid", "billing.invoice", "paid",
-    )  # fmt: skip
+        "billing.invoice.paid",
+        "billing.invoice",
+        "paid",
+    )
     assert event["new"] == {"invoice": 2, "amount": "9.50"}
     pulled = api.get("/pubsubpull/changes/?topics=billing.%23").json()["results"]
     assert [c["new"] for c in pulled] == [{"invoice": 2, "amount": "9.50"}]
@@ -403,8 +422,12 @@ def test_secrets_never_shown_and_owners_isolated(
     stored = Subscription.objects.get()
     assert secret not in stored.secret  # encrypted at rest
     admin = "/admin/pubsubpull/subscription/"
-    for url in ("/pubsubpull/subscriptions/", "/pubsubpull/subscriptions/mine/", admin,
-                f"{admin}{stored.pk}/change/"):  # fmt: skip
+    for url in (
+        "/pubsubpull/subscriptions/",
+        "/pubsubpull/subscriptions/mine/",
+        admin,
+        f"{admin}{stored.pk}/change/",
+    ):
         content = api.get(url).content.decode()
         assert secret not in content and stored.secret not in content, url
     listed = api.get("/pubsubpull/subscriptions/").json()["results"]
@@ -427,9 +450,11 @@ def test_session_writes_need_csrf_token_writes_do_not(owner: User) -> None:
     assert refused.status_code == 403 and refused.json()["error"] == "csrf_failed"
     _, token = __import__("pubsubpull.auth", fromlist=["create_token"]).create_token(owner)
     allowed = Client(enforce_csrf_checks=True).put(
-        "/pubsubpull/subscriptions/c/", body, "application/json",
+        "/pubsubpull/subscriptions/c/",
+        body,
+        "application/json",
         HTTP_AUTHORIZATION=f"Bearer {token}",
-    )  # fmt: skip
+    )
     assert allowed.status_code == 201
 
 
@@ -437,11 +462,12 @@ def test_admin_actions_pause_resume_replay(api: Client, httpserver: HTTPServer) 
     put(api, "adm", {"target": hook(httpserver, Receiver())}, status=201)
     subscription = Subscription.objects.get()
     url = "/admin/pubsubpull/subscription/"
-    for action, check in (
+    actions: list[tuple[str, Callable[[Subscription], bool]]] = [
         ("pause", lambda s: s.status == "paused"),
         ("resume", lambda s: s.status == "active" and s.failures == 0),
         ("replay_from_start", lambda s: s.cursor == "0-0"),
-    ):
+    ]
+    for action, check in actions:
         response = api.post(url, {"action": action, "_selected_action": [subscription.pk]})
         assert response.status_code == 302
         subscription.refresh_from_db()
@@ -460,8 +486,8 @@ def test_one_sender_per_subscription_until_its_connection_dies(
     Customer.objects.create(name="waiting")
     # visible once no other transaction (autovacuum's analyze, say) holds the horizon
     wait_for(lambda: delivery.due_subscriptions() == [subscription.pk])
-    other_worker = raw_connection()  # type: ignore[attr-defined]
-    other_pid = other_worker.info.backend_pid  # type: ignore[attr-defined]
+    other_worker = raw_connection()
+    other_pid = other_worker.info.backend_pid
     try:
         with delivery.claimed(subscription.pk) as first:
             assert first

@@ -28,9 +28,16 @@ def pull(live_server: LiveServer) -> object:
     def run() -> str:
         out = io.StringIO()
         call_command(
-            "pubsubpull", "pull", f"{live_server.url}/pubsubpull/", "shop.customer",
-            "--into", "shop.RemoteCustomer", "--token", token, stdout=out,
-        )  # fmt: skip
+            "pubsubpull",
+            "pull",
+            f"{live_server.url}/pubsubpull/",
+            "shop.customer",
+            "--into",
+            "shop.RemoteCustomer",
+            "--token",
+            token,
+            stdout=out,
+        )
         return out.getvalue()
 
     return run
@@ -96,11 +103,25 @@ def test_an_older_version_of_a_row_never_overwrites_a_newer_one(pull: object) ->
 
 def test_errors_are_command_errors(live_server: LiveServer) -> None:
     with pytest.raises(CommandError, match="not an installed model"):
-        call_command("pubsubpull", "pull", f"{live_server.url}/pubsubpull/", "shop.customer",
-                     "--into", "shop.nothing", stdout=io.StringIO())  # fmt: skip
+        call_command(
+            "pubsubpull",
+            "pull",
+            f"{live_server.url}/pubsubpull/",
+            "shop.customer",
+            "--into",
+            "shop.nothing",
+            stdout=io.StringIO(),
+        )
     with pytest.raises(CommandError, match="authentication"):
-        call_command("pubsubpull", "pull", f"{live_server.url}/pubsubpull/", "shop.customer",
-                     "--into", "shop.RemoteCustomer", stdout=io.StringIO())  # fmt: skip
+        call_command(
+            "pubsubpull",
+            "pull",
+            f"{live_server.url}/pubsubpull/",
+            "shop.customer",
+            "--into",
+            "shop.RemoteCustomer",
+            stdout=io.StringIO(),
+        )
 
 
 def test_pull_without_the_mirror_app_says_how_to_install_it() -> None:

@@ -47,9 +47,11 @@ def follow(client: Client, url: str) -> Iterator[dict[str, Any]]:
         url = page["next"]
 
 
-def read_changes(client: Client, after: str = "", topics: str = "") -> tuple[list[dict], str]:
+def read_changes(
+    client: Client, after: str = "", topics: str = ""
+) -> tuple[list[dict[str, Any]], str]:
     """All visible changes after ``after``, and the cursor to continue from."""
-    results: list[dict] = []
+    results: list[dict[str, Any]] = []
     url = f"{API}/changes/?" + urlencode({"limit": 1000, "after": after, "topics": topics})
     cursor = after
     for page in follow(client, url):
@@ -107,15 +109,28 @@ def test_change_json_shape(admin_client: Client) -> None:
     Customer.objects.filter(pk=customer.pk).update(name="Shaped", email="s@example.com")
     insert, update = read_changes(admin_client, topics="shop.customer.*")[0]
     assert set(insert) == {
-        "id", "seq", "topic", "model", "op", "pk", "old", "new", "fields", "request",
-        "context", "time",
-    }  # fmt: skip
+        "id",
+        "seq",
+        "topic",
+        "model",
+        "op",
+        "pk",
+        "old",
+        "new",
+        "fields",
+        "request",
+        "context",
+        "time",
+    }
     assert insert["request"]["method"] == "POST"
     assert insert["request"]["path"] == "/shop/customers/"
     assert insert["request"]["user"] == "root"
     assert (insert["op"], insert["pk"], insert["old"], insert["fields"]) == (
-        "insert", str(customer.pk), None, None,
-    )  # fmt: skip
+        "insert",
+        str(customer.pk),
+        None,
+        None,
+    )
     assert update["fields"] == ["email", "name"]
     assert update["request"] is None
     assert update["old"]["name"] == "Shape" and update["new"]["name"] == "Shaped"
@@ -133,14 +148,21 @@ def test_topics_filter_in_sql(admin_client: Client) -> None:
     assert topics_of("shop.order.*") == ["shop.order.insert", "shop.order.delete"]
     assert topics_of("*.*.delete") == ["shop.order.delete"]
     assert topics_of("#.insert") == [
-        "auth.user.insert", "shop.customer.insert", "shop.order.insert", "shop.product.insert",
-    ]  # fmt: skip
+        "auth.user.insert",
+        "shop.customer.insert",
+        "shop.order.insert",
+        "shop.product.insert",
+    ]
     assert topics_of("shop.#") == [
-        "shop.customer.insert", "shop.order.insert", "shop.order.delete", "shop.product.insert",
-    ]  # fmt: skip
+        "shop.customer.insert",
+        "shop.order.insert",
+        "shop.order.delete",
+        "shop.product.insert",
+    ]
     assert topics_of("shop.product.insert,shop.customer.#") == [
-        "shop.customer.insert", "shop.product.insert",
-    ]  # fmt: skip
+        "shop.customer.insert",
+        "shop.product.insert",
+    ]
     assert topics_of("billing.#") == []
 
 
@@ -170,9 +192,11 @@ def test_long_poll_wakes_on_a_commit_in_another_connection(admin_client: Client)
     poller = threading.Thread(target=poll)
     poller.start()
     time.sleep(0.5)
-    with raw_connection() as other:  # type: ignore[attr-defined]
-        other.execute("INSERT INTO shop_customer (name, email, password, active) "
-                      "VALUES ('woke', '', '', true)")  # fmt: skip
+    with raw_connection() as other:
+        other.execute(
+            "INSERT INTO shop_customer (name, email, password, active) "
+            "VALUES ('woke', '', '', true)"
+        )
     poller.join(timeout=25)
     assert [c["new"]["name"] for c in result["body"]["results"]] == ["woke"]
     assert result["elapsed"] < 15  # woke by the commit, not by the 20 s timeout
@@ -190,14 +214,15 @@ def test_no_skip_a_transaction_that_commits_late(admin_client: Client) -> None:
     _, cursor = read_changes(admin_client)
     a = raw_connection()
     try:
-        a.execute("INSERT INTO shop_customer (name, email, password, active) "  # type: ignore[attr-defined]
-                  "VALUES ('A', '', '', true)")  # fmt: skip
+        a.execute(
+            "INSERT INTO shop_customer (name, email, password, active) VALUES ('A', '', '', true)"
+        )
         Customer.objects.create(name="B")  # commits at once
         seen, cursor = read_changes(admin_client, after=cursor)
         assert seen == []  # B is behind A's open transaction: not yet visible
-        a.commit()  # type: ignore[attr-defined]
+        a.commit()
     finally:
-        a.close()  # type: ignore[attr-defined]
+        a.close()
     seen, _ = read_changes(admin_client, after=cursor)
     assert sorted(c["new"]["name"] for c in seen) == ["A", "B"]
 
@@ -209,12 +234,12 @@ def test_same_row_versions_are_ordered_by_seq_not_position(admin_client: Client)
     _, cursor = read_changes(admin_client)
     a = raw_connection()
     try:
-        a.execute("INSERT INTO shop_product (sku, name, price) VALUES ('a', 'a', 1)")  # type: ignore[attr-defined]
+        a.execute("INSERT INTO shop_product (sku, name, price) VALUES ('a', 'a', 1)")
         Customer.objects.filter(pk=customer.pk).update(name="by B")
-        a.execute("UPDATE shop_customer SET name = 'by A' WHERE id = %s", [customer.pk])  # type: ignore[attr-defined]
-        a.commit()  # type: ignore[attr-defined]
+        a.execute("UPDATE shop_customer SET name = 'by A' WHERE id = %s", [customer.pk])
+        a.commit()
     finally:
-        a.close()  # type: ignore[attr-defined]
+        a.close()
     seen, _ = read_changes(admin_client, after=cursor, topics="shop.customer.update")
     assert [c["new"]["name"] for c in seen] == ["by A", "by B"]  # position order
     by_a, by_b = seen
@@ -229,12 +254,15 @@ def test_randomized_concurrent_writers_and_a_continuous_reader(admin_client: Cli
 
     def writer(number: int, seed: int) -> None:
         local = random.Random(seed)
-        with raw_connection() as conn:  # type: ignore[attr-defined]
+        with raw_connection() as conn:
             for batch in range(15):
                 names = [f"w{number}-{batch}-{i}" for i in range(local.randint(1, 4))]
                 for name in names:
-                    conn.execute("INSERT INTO shop_customer (name, email, password, active) "
-                                 "VALUES (%s, '', '', true)", [name])  # fmt: skip
+                    conn.execute(
+                        "INSERT INTO shop_customer (name, email, password, active) "
+                        "VALUES (%s, '', '', true)",
+                        [name],
+                    )
                     time.sleep(local.random() * 0.005)
                 if local.random() < 0.2:
                     conn.rollback()
@@ -263,8 +291,13 @@ def test_randomized_concurrent_writers_and_a_continuous_reader(admin_client: Cli
 
 
 def test_no_credentials_401_json() -> None:
-    for url in ("/", "/models/shop.customer/", "/models/shop.customer/1/", "/changes/",
-                "/openapi.json"):  # fmt: skip
+    for url in (
+        "/",
+        "/models/shop.customer/",
+        "/models/shop.customer/1/",
+        "/changes/",
+        "/openapi.json",
+    ):
         body = get(Client(), API + url, status=401)
         assert body["error"] == "not_authenticated"
 

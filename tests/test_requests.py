@@ -102,7 +102,7 @@ def test_pull_readers_see_no_secret_of_the_query(
     reader = Client()
     reader.force_login(owner)
     # wait: the change is visible once no other transaction holds the horizon
-    response = reader.get("/pubsubpull/changes/", {"topics": "shop.customer.insert", "wait": 10})
+    response = reader.get("/pubsubpull/changes/", {"topics": "shop.customer.insert", "wait": "10"})
     assert response.status_code == 200
     (change,) = response.json()["results"]
     assert change["request"]["path"] == path

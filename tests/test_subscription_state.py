@@ -203,9 +203,9 @@ def test_lag_is_none_when_counting_its_topics_takes_too_long(owner: User, settin
     settings.PUBSUBPULL = {**settings.PUBSUBPULL, "FILTER_TIMEOUT": 0.2}
     other = raw_connection()
     try:  # the count waits for this lock longer than FILTER_TIMEOUT
-        other.execute("BEGIN")  # type: ignore[attr-defined]
-        other.execute("LOCK TABLE pubsubpull_change IN ACCESS EXCLUSIVE MODE")  # type: ignore[attr-defined]
+        other.execute("BEGIN")
+        other.execute("LOCK TABLE pubsubpull_change IN ACCESS EXCLUSIVE MODE")
         assert subscriptions.lag(sub) is None
     finally:
-        other.close()  # type: ignore[attr-defined]
+        other.close()
     assert subscriptions.lag(sub) == 3

@@ -534,9 +534,11 @@ def tls(tmp_path: Path) -> Certificates:
     now = datetime.datetime.now(datetime.UTC)
 
     def certificate(
-        subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name | None = None,
+        subject: str,
+        key: ec.EllipticCurvePrivateKey,
+        issuer: x509.Name | None = None,
         issuer_key: ec.EllipticCurvePrivateKey | None = None,
-    ) -> x509.Certificate:  # fmt: skip
+    ) -> x509.Certificate:
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
         builder = (
             x509.CertificateBuilder()

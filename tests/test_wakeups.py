@@ -37,7 +37,7 @@ def test_wakes_a_waiter_when_a_commit_makes_changes_visible() -> None:
 
 def test_wakes_when_an_older_transaction_that_wrote_nothing_ends() -> None:
     watcher = wakeups.watcher()
-    with watcher.waiting(), raw_connection() as older:  # type: ignore[attr-defined]
+    with watcher.waiting(), raw_connection() as older:
         assert watcher.connected.wait(10)
         older.execute("SELECT pg_current_xact_id()")  # takes a txid, holds the horizon
         Customer.objects.create(name="hidden behind the older transaction")

@@ -219,10 +219,21 @@ def running_worker(tmp_path: Path, concurrency: int = 2) -> Iterator[Worker]:
     watcher of a worker launched otherwise); stopped at exit."""
     with open(tmp_path / "worker.log", "wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "manage.py", "procrastinate", "worker", "--queues", "pubsubpull",
-             "--concurrency", str(concurrency)],
-            cwd=ROOT, env=subprocess_env(), stdout=output, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "manage.py",
+                "procrastinate",
+                "worker",
+                "--queues",
+                "pubsubpull",
+                "--concurrency",
+                str(concurrency),
+            ],
+            cwd=ROOT,
+            env=subprocess_env(),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
         try:
             wake()
             yield Worker(process, output)

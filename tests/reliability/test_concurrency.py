@@ -248,10 +248,11 @@ def test_eight_writers_with_subscriptions_abort_no_more_and_lose_nothing(
     first, second = Recorder(), Recorder()
     put(api, "first", {"target": hook(httpserver, first, "/c3/first"), "topics": ["shop.#"]}, 201)
     put(
-        api, "second",
+        api,
+        "second",
         {"target": hook(httpserver, second, "/c3/second"), "topics": ["shop.#"], "batch_size": 37},
         201,
-    )  # fmt: skip
+    )
     workload.tag = "b"
     after = start_position(api)
     with running_worker(tmp_path) as worker:
@@ -259,9 +260,11 @@ def test_eight_writers_with_subscriptions_abort_no_more_and_lose_nothing(
         written = time.monotonic()
         wait_until(
             lambda: first.keys() >= subscribed.committed <= second.keys(),
-            DELIVERY_TIMEOUT, "delivery", worker,
+            DELIVERY_TIMEOUT,
+            "delivery",
+            worker,
             explain=lambda: missing({"first": first, "second": second}, subscribed.committed, api),
-        )  # fmt: skip
+        )
         drained = time.monotonic() - written
     logged = check_logged_and_pulled(api, after, subscribed)
 
@@ -293,10 +296,11 @@ def test_prune_while_delivering_never_removes_what_a_subscriber_lacks(
     fast, slow = Recorder(), Recorder(delay=0.01)
     put(api, "fast", {"target": hook(httpserver, fast, "/c4/fast"), "topics": ["shop.#"]}, 201)
     put(
-        api, "slow",
+        api,
+        "slow",
         {"target": hook(httpserver, slow, "/c4/slow"), "topics": ["shop.#"], "batch_size": 20},
         201,
-    )  # fmt: skip
+    )
     stop = threading.Event()
     deleted: list[int] = []
     prune_failure: list[BaseException] = []
@@ -323,9 +327,11 @@ def test_prune_while_delivering_never_removes_what_a_subscriber_lacks(
             written = time.monotonic()
             wait_until(
                 lambda: fast.keys() >= outcome.committed <= slow.keys() or bool(prune_failure),
-                DELIVERY_TIMEOUT, "delivery", worker,
+                DELIVERY_TIMEOUT,
+                "delivery",
+                worker,
                 explain=lambda: missing({"fast": fast, "slow": slow}, outcome.committed, api),
-            )  # fmt: skip
+            )
             drained = time.monotonic() - written
         finally:
             stop.set()

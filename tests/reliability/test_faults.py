@@ -639,8 +639,10 @@ def test_200_long_polls_during_writes(
     assert sum(p.turned_away for p in polls) > 0  # the cap answered some at once
     # Waiting polls hold no connection: the sessions stay far below one per poll (before:
     # two per poll, and PostgreSQL refused connections at 60 polls).
-    print(f"backends: baseline {baseline}, most {sampler.most}; other requests "
-          f"{max(sampler.other_requests):.3f} s at most")  # fmt: skip
+    print(
+        f"backends: baseline {baseline}, most {sampler.most}; other requests "
+        f"{max(sampler.other_requests):.3f} s at most"
+    )
     # Requests in flight still open one each (to authenticate): how many depends on the
     # machine's load (measured 36 and 59), so the bound is half a session per poll.
     assert sampler.most - baseline < LONG_POLLS // 2

@@ -94,9 +94,10 @@ class Command(BaseCommand):
         pull.add_argument("label", help="remote model, app_label.model_name")
         pull.add_argument("--into", required=True, help="local model, app_label.Model")
         pull.add_argument(
-            "--token", default=os.environ.get("PUBSUBPULL_TOKEN"),
+            "--token",
+            default=os.environ.get("PUBSUBPULL_TOKEN"),
             help="API token (default: $PUBSUBPULL_TOKEN)",
-        )  # fmt: skip
+        )
         pull.add_argument("--follow", action="store_true", help="keep following, until Ctrl-C")
 
         sub.add_parser(
