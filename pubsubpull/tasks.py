@@ -167,7 +167,7 @@ async def recover_stalled(seconds_since_heartbeat: float = STALLED_AFTER) -> int
             except exceptions.UniqueViolation:
                 await manager.finish_job(job, status=Status.ABORTED, delete_job=False)
             recovered += 1
-        except Exception:  # noqa: BLE001 - logged; the next run tries again
+        except Exception:  # logged; the next run tries again
             logger.exception("pubsubpull could not recover stalled job %s", job.id)
     return recovered
 

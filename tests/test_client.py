@@ -55,13 +55,8 @@ def connect(live_server: LiveServer) -> Iterator[Connect]:
 
 
 @pytest.fixture
-def admin() -> User:
-    return User.objects.create_superuser("root", password="root-password")
-
-
-@pytest.fixture
-def service(connect: Connect, admin: User) -> Service:
-    return connect(token=create_token(admin)[1])
+def service(connect: Connect, admin_user: User) -> Service:
+    return connect(token=create_token(admin_user)[1])
 
 
 def record_requests(service: Service) -> list[str]:
@@ -240,9 +235,9 @@ def test_changes_wait_long_polls_until_a_change_comes(service: Service) -> None:
 
 
 def test_changes_wait_longer_than_the_timeout_is_not_a_timeout(
-    connect: Connect, admin: User
+    connect: Connect, admin_user: User
 ) -> None:
-    service = connect(token=create_token(admin)[1], timeout=0.5)
+    service = connect(token=create_token(admin_user)[1], timeout=0.5)
     start = service.changes()
     list(start)
     began = time.monotonic()

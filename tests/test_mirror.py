@@ -22,8 +22,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def pull(live_server: LiveServer) -> object:
-    _, token = create_token(User.objects.create_superuser("reader", password="reader-pw"))
+def pull(live_server: LiveServer, admin_user: User) -> object:
+    _, token = create_token(admin_user)
 
     def run() -> str:
         out = io.StringIO()

@@ -59,9 +59,8 @@ def resolve_offline(host: str, port: int) -> list[str]:
 
 
 @pytest.fixture
-def token(transactional_db: None) -> str:
-    user = User.objects.create_superuser("root", password="root-password")
-    return create_token(user)[1]
+def token(transactional_db: None, admin_user: User) -> str:
+    return create_token(admin_user)[1]
 
 
 @pytest.fixture
