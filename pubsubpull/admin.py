@@ -1,4 +1,5 @@
-"""Admin: the change log and requests, read-only; subscriptions, edited by the API's rules."""
+"""Admin: the change log, requests and delivery attempts, read-only; subscriptions, edited by
+the API's rules (pause, resume and replay as actions)."""
 
 from __future__ import annotations
 

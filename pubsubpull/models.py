@@ -1,4 +1,6 @@
-"""The change log (:class:`Change`) and the requests that caused changes (:class:`Request`)."""
+"""pubsubpull's tables: the change log (:class:`Change`) and the requests that caused changes
+(:class:`Request`), API tokens (:class:`Token`), subscriptions (:class:`Subscription`) and
+their delivery attempts (:class:`Delivery`). The mirror's are in ``pubsubpull.mirror``."""
 
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("## Capture cost", "## Delivery", "## Pull", "## Memory")
 
 
+@pytest.mark.slow
 @pytest.mark.django_db
 def test_dry_run_writes_every_section(tmp_path: Path) -> None:
     output = tmp_path / "BENCHMARKS.md"

@@ -15,6 +15,7 @@ from tests.helpers import current_database_url
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 @pytest.mark.django_db
 def test_demo_exits_0_with_both_copies_matching() -> None:
     # the demo creates its own two databases on the test server

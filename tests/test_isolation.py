@@ -157,6 +157,7 @@ def test_a_filter_failing_at_delivery_fails_only_its_own_subscription(
     assert "attacker/evil" in out.getvalue() and "victim/all" in out.getvalue()
 
 
+@pytest.mark.slow
 def test_a_slow_filter_is_cut_off_by_filter_timeout_and_costs_only_its_subscription(
     live_server: LiveServer, httpserver: HTTPServer, victim: Receiver, settings: Any
 ) -> None:
@@ -312,6 +313,7 @@ def test_a_redirect_is_a_failure_with_a_clear_error(
     assert len(httpserver.log) == 1  # the redirect was not followed
 
 
+@pytest.mark.slow
 def test_long_polls_over_max_waiting_are_answered_at_once_with_retry_after(
     live_server: LiveServer, settings: Any
 ) -> None:

@@ -158,6 +158,7 @@ def test_document_needs_authentication(client: Client) -> None:
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 
+@pytest.mark.slow  # fuzzes every endpoint
 @pytest.mark.django_db(transaction=True)
 @schema.parametrize()
 @hypothesis.settings(

@@ -64,6 +64,7 @@ def mypy(tmp_path: Path, **sources: str) -> list[str]:
     return [line for line in stdout.splitlines() if ": error:" in line]
 
 
+@pytest.mark.slow  # runs mypy
 def test_public_names_are_typed_and_misspellings_rejected(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

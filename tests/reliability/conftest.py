@@ -10,3 +10,4 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/reliability/" in str(item.path).replace("\\", "/"):
             item.add_marker(pytest.mark.reliability)
+            item.add_marker(pytest.mark.slow)
