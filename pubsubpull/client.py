@@ -157,7 +157,8 @@ class Service:
         return self._get(self.base_url, expect=("models",))
 
     def models(self) -> list[JSON]:
-        """The tracked models this caller may read: ``{"label", "url", "changes"}`` each."""
+        """The tracked models this caller may read: ``{"label", "url", "changes", "rows"}``
+        each (``rows``: the server's estimate of the model's rows, or None)."""
         return list(self.directory()["models"])
 
     def instances(

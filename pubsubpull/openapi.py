@@ -288,6 +288,11 @@ SCHEMAS: dict[str, Any] = {
                         "label": {"type": "string"},
                         "url": {**URL, "description": "Its rows"},
                         "changes": {**URL, "description": "Its changes"},
+                        "rows": {
+                            "type": ["integer", "null"],
+                            "description": "PostgreSQL's estimate of its rows (for progress "
+                            "bars); null until the table was first analyzed",
+                        },
                     },
                 },
             },

@@ -320,6 +320,16 @@ def instances_page(
     return [doc for _, doc in rows], (rows[-1][0] if more else None)
 
 
+def row_estimates(tracked: list[registry.Tracked]) -> dict[str, int | None]:
+    """PostgreSQL's estimate of each model's rows, by label (None before the table was
+    first analyzed): for progress bars, never for logic."""
+    tables = {t.table: t.label for t in tracked}
+    with connections["default"].cursor() as cursor:
+        cursor.execute(load("row_estimates"), {"tables": list(tables)})
+        found = {tables[name]: rows for name, rows in cursor.fetchall()}
+    return {t.label: found.get(t.label) for t in tracked}
+
+
 def instance(tracked: registry.Tracked, pk: Any, using: str = "default") -> str | None:
     """One row as JSON text, or None."""
     with connections[using].cursor() as cursor:

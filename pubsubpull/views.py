@@ -152,13 +152,16 @@ def _readable(request: HttpRequest, label: str) -> registry.Tracked:
 @api
 def directory(request: HttpRequest) -> HttpResponse:
     """The tracked models this caller may read, and the other endpoints."""
+    readable = reads.readable(request.api_user)  # type: ignore[attr-defined]
+    estimates = reads.row_estimates(readable)
     models = [
         {
             "label": t.label,
             "url": _url(request, "instances", {}, label=t.label).rstrip("?"),
             "changes": _url(request, "changes", {"topics": f"{t.label}.*"}),
+            "rows": estimates[t.label],
         }
-        for t in reads.readable(request.api_user)  # type: ignore[attr-defined]
+        for t in readable
     ]
     return JsonResponse(
         {

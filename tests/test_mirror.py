@@ -5,15 +5,18 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
 from django.db.migrations.loader import MigrationLoader
 from pytest_django.live_server_helper import LiveServer
 
 from pubsubpull.auth import create_token
+from pubsubpull.client import Service, ServiceError, ServiceUnavailable
 from pubsubpull.mirror import sync as mirror
 from pubsubpull.mirror.models import Mirror
 from test_project.shop.models import Customer, RemoteCustomer
@@ -158,3 +161,116 @@ def test_a_publisher_gets_no_mirror_tables() -> None:
         "mirror",
         "mirrorrow",
     }
+
+
+class Terminal(io.StringIO):
+    """A stderr that says it is a terminal, as a user's shell is."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def run_pull(live_server: LiveServer, token: str, *options: str) -> tuple[str, str]:
+    out, err = io.StringIO(), Terminal()
+    call_command(
+        "pubsubpull",
+        "pull",
+        f"{live_server.url}/pubsubpull/",
+        "shop.customer",
+        "--into",
+        "shop.RemoteCustomer",
+        "--token",
+        token,
+        *options,
+        stdout=out,
+        stderr=err,
+    )
+    return out.getvalue(), err.getvalue()
+
+
+def test_a_terminal_gets_progress_bars_with_the_remote_estimate(
+    live_server: LiveServer, admin_user: User
+) -> None:
+    Customer.objects.bulk_create(Customer(name=f"c{i}") for i in range(1500))
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE shop_customer")  # the estimate the directory gives
+    token = create_token(admin_user)[1]
+    out, err = run_pull(live_server, token)
+    assert "backfilled 1500 rows" in out and "applied 0 changes" in out
+    assert "backfill: 100%" in err and "1500/1500" in err and "follow:" in err
+    Customer.objects.create(name="later")
+    out, err = run_pull(live_server, token, "--quiet")
+    assert "applied 1 changes" in out and err == ""
+    assert copies() == originals()
+
+
+def test_follow_waits_out_no_answer_and_server_errors(
+    live_server: LiveServer, admin_user: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --follow, no answer and 5xx are retried with a message each; Ctrl-C stops."""
+    monkeypatch.setattr(mirror, "MAX_RETRY_DELAY", 0.01)
+    Customer.objects.create(name="before")
+    real_changes = Service.changes
+    calls: list[int] = []
+
+    def flaky(self: Service, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:  # taking the present position, before the backfill
+            raise ServiceUnavailable(None, "unavailable", "connection refused")
+        if len(calls) == 2:
+            raise ServiceError(500, "server_error", "boom")
+        if len(calls) == 4:  # following: a change comes, then the service fails
+            Customer.objects.create(name="while following")
+        if len(calls) == 5:
+            raise ServiceUnavailable(502, "bad_gateway", "proxy down")
+        if len(calls) == 6:
+            raise KeyboardInterrupt  # the user's Ctrl-C (instead of a long poll of 25 s)
+        return real_changes(self, *args, **kwargs)
+
+    monkeypatch.setattr(Service, "changes", flaky)
+    out, err = run_pull(live_server, create_token(admin_user)[1], "--follow", "--quiet")
+    retries = [line for line in err.splitlines() if "retrying in" in line]
+    assert len(retries) == 3, err
+    assert "connection refused" in retries[0] and "500 server_error" in retries[1]
+    assert "stopped; resumes from" in out
+    assert copies() == originals()
+    assert RemoteCustomer.objects.filter(name="while following").exists()
+
+
+def test_errors_that_waiting_cannot_cure_stop_a_follow() -> None:
+    for status in (None, 429, 500, 502, 503):
+        assert mirror.retryable(ServiceError(status, "x", "y"))
+    for status in (400, 401, 403, 404):
+        assert not mirror.retryable(ServiceError(status, "x", "y"))
+
+
+def test_a_follow_with_a_bad_token_exits_at_once(live_server: LiveServer) -> None:
+    with pytest.raises(CommandError, match="401"):
+        run_pull(live_server, "psp_wrong", "--follow")
+
+
+def test_the_mirror_task_in_a_worker_reads_its_token_from_the_environment(
+    live_server: LiveServer, admin_user: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from procrastinate.contrib.django.models import ProcrastinateJob
+
+    from pubsubpull.mirror.tasks import mirror as mirror_task
+
+    token = create_token(admin_user)[1]
+    monkeypatch.setenv("SHOP_TOKEN", token)
+    Customer.objects.bulk_create(Customer(name=f"c{i}") for i in range(5))
+    url = f"{live_server.url}/pubsubpull/"
+    mirror_task.defer(
+        url=url, label="shop.customer", into="shop.RemoteCustomer", token_env="SHOP_TOKEN"
+    )
+    call_command("procrastinate", "worker", "--one-shot", "--queues", "pubsubpull")
+    assert copies() == originals()
+    Customer.objects.filter(name="c1").delete()
+    mirror_task.defer(
+        url=url, label="shop.customer", into="shop.RemoteCustomer", token_env="SHOP_TOKEN"
+    )
+    call_command("procrastinate", "worker", "--one-shot", "--queues", "pubsubpull")
+    assert copies() == originals()
+    jobs = ProcrastinateJob.objects.filter(task_name="pubsubpull.mirror")
+    assert [job.status for job in jobs] == ["succeeded", "succeeded"]
+    assert all(token not in str(job.args) for job in jobs)

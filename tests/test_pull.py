@@ -409,3 +409,13 @@ def test_after_now_sees_only_what_comes_next(admin_client: Client) -> None:
     Customer.objects.create(name="after")
     later, _ = read_changes(admin_client, after=body["cursor"])
     assert [c["new"]["name"] for c in later] == ["after"]
+
+
+@HORIZON
+def test_directory_gives_postgres_estimate_of_rows(admin_client: Client) -> None:
+    Customer.objects.bulk_create(Customer(name=f"c{i}") for i in range(30))
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE shop_customer")
+    models = {m["label"]: m for m in get(admin_client, f"{API}/")["models"]}
+    assert models["shop.customer"]["rows"] == 30
+    assert all(m["rows"] is None or isinstance(m["rows"], int) for m in models.values())

@@ -9,17 +9,23 @@ greater than the last one applied there: versions of a row never go back in time
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from django.apps import apps
 from django.db import models, transaction
 
-from pubsubpull.client import Service
+from pubsubpull.client import Service, ServiceError
 
 from .models import Mirror, MirrorRow
 
 Progress = Callable[[str, int], None]  # (phase, rows or changes applied so far)
+OnRetry = Callable[[ServiceError, float], None]  # (what failed, seconds until the retry)
+
+T = TypeVar("T")
+
+MAX_RETRY_DELAY = 60.0  # seconds between two tries of a mirror that follows
 
 
 class MirrorError(Exception):
@@ -108,30 +114,78 @@ def follow(
     wait: float | None = None,
     progress: Progress | None = None,
     forever: bool = False,
+    on_retry: OnRetry | None = None,
 ) -> int:
     """Apply the remote's changes after the mirror's cursor; returns how many applied.
 
-    With ``forever``, keeps long-polling (``wait`` seconds a request) until interrupted.
+    With ``forever``, keeps long-polling (``wait`` seconds a request) until interrupted,
+    and waits out what waiting may cure (no answer, 429, 5xx: :func:`retryable`) with
+    backoff, telling ``on_retry``; other errors are raised.
     """
     model = local_model(mirror.into)
     applied = 0
+    delay = 0.0
     while True:
-        changes = service.changes(
-            after=mirror.cursor, topics=[f"{mirror.label}.*"], wait=wait, limit=1000
-        )
-        page: list[dict[str, Any]] = []
-        for change in changes:
-            page.append(change)
-            if len(page) == 1000:
-                applied += _apply_page(mirror, model, page, changes.cursor or mirror.cursor)
-                page = []
-                if progress:
-                    progress("follow", applied)
-        applied += _apply_page(mirror, model, page, changes.cursor or mirror.cursor)
+        try:
+            changes = service.changes(
+                after=mirror.cursor, topics=[f"{mirror.label}.*"], wait=wait, limit=1000
+            )
+            page: list[dict[str, Any]] = []
+            for change in changes:
+                page.append(change)
+                if len(page) == 1000:
+                    applied += _apply_page(mirror, model, page, changes.cursor or mirror.cursor)
+                    page = []
+                    if progress:
+                        progress("follow", applied)
+            applied += _apply_page(mirror, model, page, changes.cursor or mirror.cursor)
+        except ServiceError as error:
+            if not forever:
+                raise
+            delay = _wait_out(error, delay, on_retry)
+            continue
+        delay = 0.0
         if progress:
             progress("follow", applied)
         if not forever:
             return applied
+
+
+def retrying(call: Callable[[], T], on_retry: OnRetry | None = None) -> T:
+    """``call()``, called again after what waiting may cure (:func:`retryable`), with
+    backoff, until it returns; other errors are raised."""
+    delay = 0.0
+    while True:
+        try:
+            return call()
+        except ServiceError as error:
+            delay = _wait_out(error, delay, on_retry)
+
+
+def _wait_out(error: ServiceError, delay: float, on_retry: OnRetry | None) -> float:
+    """Sleep the next backoff delay after ``delay`` (1 s, doubling, at most
+    :data:`MAX_RETRY_DELAY`) and return it, or raise ``error`` if waiting cannot help."""
+    if not retryable(error):
+        raise error
+    delay = min(MAX_RETRY_DELAY, max(1.0, delay * 2))
+    if on_retry:
+        on_retry(error, delay)
+    time.sleep(delay)
+    return delay
+
+
+def retryable(error: ServiceError) -> bool:
+    """Whether waiting may help: no answer, too many requests, or a server error."""
+    return error.status is None or error.status == 429 or error.status >= 500
+
+
+def remote_rows(service: Service, label: str) -> int | None:
+    """The remote's estimate of the model's rows (for a progress bar), if it gives one."""
+    for model in service.models():
+        if model["label"] == label:
+            rows = model.get("rows")
+            return rows if isinstance(rows, int) else None
+    return None
 
 
 def _apply_page(

@@ -6,8 +6,9 @@ import json as json_module
 import os
 import re
 from argparse import ArgumentParser
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast
 
 from django.apps import apps
 from django.core.management.base import BaseCommand, CommandError
@@ -15,6 +16,11 @@ from django.utils import timezone
 
 from pubsubpull import capture
 from pubsubpull.sql import load
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+T = TypeVar("T")
 
 
 def _line(text: str) -> str:
@@ -31,6 +37,26 @@ def _line(text: str) -> str:
     if change["context"]:
         parts.append(json_module.dumps(change["context"], sort_keys=True))
     return "  ".join(parts)
+
+
+class _Progress:
+    """What a mirror reports, counted across retries (each try counts from 0 again),
+    shown on a tqdm bar."""
+
+    def __init__(self, bar: tqdm[Any]) -> None:
+        self.bar, self.total = bar, 0
+
+    def callback(self) -> Callable[[str, int], None]:
+        """A progress callback for one try."""
+        seen = 0
+
+        def advance(phase: str, count: int) -> None:
+            nonlocal seen
+            self.bar.update(count - seen)
+            self.total += count - seen
+            seen = count
+
+        return advance
 
 
 def _horizon_holder() -> tuple[int, Any] | None:
@@ -98,7 +124,12 @@ class Command(BaseCommand):
             default=os.environ.get("PUBSUBPULL_TOKEN"),
             help="API token (default: $PUBSUBPULL_TOKEN)",
         )
-        pull.add_argument("--follow", action="store_true", help="keep following, until Ctrl-C")
+        pull.add_argument(
+            "--follow",
+            action="store_true",
+            help="keep following until Ctrl-C; no answer, 429 and 5xx are retried with backoff",
+        )
+        pull.add_argument("--quiet", action="store_true", help="no progress bars")
 
         sub.add_parser(
             "status",
@@ -157,32 +188,59 @@ class Command(BaseCommand):
             self.stdout.write(text)
 
     def handle_pull(
-        self, url: str, label: str, into: str, token: str | None, follow: bool, **options: Any
+        self,
+        url: str,
+        label: str,
+        into: str,
+        token: str | None,
+        follow: bool,
+        quiet: bool,
+        **options: Any,
     ) -> None:
         if not apps.is_installed("pubsubpull.mirror"):
             raise CommandError(
                 'pull keeps its state in the mirror app: add "pubsubpull.mirror" to '
                 "INSTALLED_APPS and run manage.py migrate"
             )
+        from tqdm import tqdm
+
         from pubsubpull.client import Service, ServiceError
         from pubsubpull.mirror import sync as mirror
 
-        def progress(phase: str, count: int) -> None:
-            if self.stderr.isatty():
-                self.stderr.write(f"\r{phase}: {count}", ending="")
-                self.stderr.flush()
+        show = not quiet and self.stderr.isatty()
+        # tqdm redraws its line: it writes to the stream, not through Django's line writer
+        stream = cast(TextIO, self.stderr._out)
+
+        def retry_later(error: ServiceError, delay: float) -> None:
+            self.stderr.write(f"pull: {error}; retrying in {delay:.0f} s")
+
+        def retrying(call: Callable[[], T]) -> T:
+            return mirror.retrying(call, retry_later) if follow else call()
 
         service = Service(url, token=token)
+        label = label.lower()
         state = None
         try:
-            state = mirror.start(service, label.lower(), into)
+            state = retrying(lambda: mirror.start(service, label, into))
             if not state.backfilled:
-                copied = mirror.backfill(service, state, progress)
-                self.stdout.write(f"backfilled {copied} rows of {label} into {into}")
-            applied = mirror.follow(
-                service, state, wait=25 if follow else None, progress=progress, forever=follow
-            )
-            self.stdout.write(f"applied {applied} changes; cursor {state.cursor}")
+                total = retrying(lambda: mirror.remote_rows(service, label)) if show else None
+                with tqdm(
+                    total=total, desc="backfill", unit=" rows", file=stream, disable=not show
+                ) as bar:
+                    copied = _Progress(bar)
+                    retrying(lambda: mirror.backfill(service, state, copied.callback()))
+                self.stdout.write(f"backfilled {copied.total} rows of {label} into {into}")
+            with tqdm(desc="follow", unit=" changes", file=stream, disable=not show) as bar:
+                applied = _Progress(bar)
+                mirror.follow(
+                    service,
+                    state,
+                    wait=25 if follow else None,
+                    progress=applied.callback(),
+                    forever=follow,
+                    on_retry=retry_later,
+                )
+            self.stdout.write(f"applied {applied.total} changes; cursor {state.cursor}")
         except (mirror.MirrorError, ServiceError) as error:
             raise CommandError(str(error)) from None
         except KeyboardInterrupt:
