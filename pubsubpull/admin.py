@@ -76,16 +76,16 @@ class RequestAdmin(ReadOnlyAdmin):
 #: What a local subscriber's code sets (``@pubsubpull.on``, via ``local_subscribers.sync``).
 RECEIVER_FIELDS = ("owner", "name", "target", "topics", "filter")
 #: The fields the admin checks with the API's rules (:func:`subscriptions.validate`).
-VALIDATED_FIELDS = ("target", "topics", "filter", "batch_size", "cursor")
+VALIDATED_FIELDS = ("target", "topics", "filter", "batch_size", "max_bytes", "payload", "cursor")
 #: Fields whose change drops the batch in flight: the next batch follows the new terms
 #: (as :func:`subscriptions.save` does), or starts from the new cursor (a replay).
-TERMS_FIELDS = ("target", "topics", "filter", "cursor")
+TERMS_FIELDS = ("target", "topics", "filter", "max_bytes", "payload", "cursor")
 
 
 class SubscriptionForm(forms.ModelForm):  # type: ignore[type-arg]
     """A subscription as the admin edits it, checked by the API's rules.
 
-    ``clean()`` passes the target, topics, filter, batch size and cursor to
+    ``clean()`` passes the target, topics, filter, batch size, byte cap, payload and cursor to
     :func:`subscriptions.validate` with the subscription's owner (the form's owner when it
     edits one, i.e. on the add form), so the admin accepts what a PUT accepts: no local
     receiver target (:data:`~pubsubpull.models.LOCAL_PREFIX`), no private or metadata
@@ -97,7 +97,10 @@ class SubscriptionForm(forms.ModelForm):  # type: ignore[type-arg]
 
     class Meta:
         model = Subscription
-        fields = ["owner", "name", "target", "topics", "filter", "batch_size", "status", "cursor"]
+        fields = [
+            *("owner", "name", "target", "topics", "filter", "batch_size", "max_bytes"),
+            *("payload", "status", "cursor"),
+        ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -164,8 +167,9 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_filter = ["status"]
     search_fields = ["name", "target", "owner__username"]
     fields = [
-        "owner", "name", "target", "topics", "filter", "batch_size", "status", "cursor",
-        "lag", "failures", "last_error", "next_attempt", "last_delivered", "created", "updated",
+        "owner", "name", "target", "topics", "filter", "batch_size", "max_bytes", "payload",
+        "status", "cursor", "lag", "failures", "last_error", "next_attempt", "last_delivered",
+        "created", "updated",
     ]  # fmt: skip
     readonly_fields = [
         "lag", "failures", "last_error", "next_attempt", "last_delivered", "created", "updated",

@@ -155,7 +155,8 @@ def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[checks.Chec
 @checks.register()
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """One check per key of ``PUBSUBPULL``: E005 ALLOWED_TARGETS, E006 an EVENTS label
-    that is a tracked model, E008 POLL_INTERVAL, E009 limits, E010 REQUEST_QUERY and
+    that is a tracked model, E008 POLL_INTERVAL, E009 limits and
+    MAX_BATCH_BYTES, E010 REQUEST_QUERY and
     REDACT_QUERY, E011 ``PUBSUBPULL`` not a dict, E012 unknown key, E013 TRACK,
     E014 EVENTS, E015 MAX_FAILURES, E016 RETRY_BASE and RETRY_CAP, E017
     DELIVERY_TIMEOUT, E018 MAX_WAIT, E019 SWEEP_INTERVAL, E020 PAGE_SIZE and
@@ -358,8 +359,10 @@ LIMITS: dict[str, tuple[type, float, float]] = {
 
 
 def _check_limits(conf: Any) -> list[checks.CheckMessage]:
+    from .subscriptions import MAX_BYTES  # the bounds a subscription's max_bytes has
+
     errors: list[checks.CheckMessage] = []
-    for key, (kind, lesser, greater) in LIMITS.items():
+    for key, (kind, lesser, greater) in {**LIMITS, "MAX_BATCH_BYTES": (int, *MAX_BYTES)}.items():
         value = conf.get(key)
         types = int if kind is int else int | float
         if (

@@ -214,13 +214,20 @@ class Service:
         secret: str | None = None,
         status: str | None = None,
         cursor: str | None = None,
+        max_bytes: int | None = None,
+        payload: str | None = None,
     ) -> JSON:
         """Create or replace subscription ``name``: the service PUTs matching changes to
         ``target``. Returns the subscription (never its secret); options left as None are
-        not sent (on a replace, the cursor, status and secret then stay as they were)."""
+        not sent (on a replace, the cursor, status and secret then stay as they were).
+
+        ``max_bytes`` caps a delivery's body (default: the service's
+        ``PUBSUBPULL["MAX_BATCH_BYTES"]``); ``payload="thin"`` sends changes without
+        ``old`` and ``new``."""
         body = {
             "target": target, "topics": topics, "filter": filter, "batch_size": batch_size,
-            "secret": secret, "status": status, "cursor": cursor,
+            "secret": secret, "status": status, "cursor": cursor, "max_bytes": max_bytes,
+            "payload": payload,
         }  # fmt: skip
         return self._request(
             "PUT",

@@ -25,7 +25,7 @@ from django.utils.module_loading import import_string
 from . import conf, reads, transport, webhooks
 from .crypto import decrypt
 from .models import LOCAL_PREFIX, Delivery, Subscription
-from .positions import Position
+from .positions import START, Position
 from .sql import load
 
 # First key of pubsubpull's advisory locks ("pspb"); the second is a subscription id
@@ -62,11 +62,12 @@ def _selection(subscription: Subscription) -> tuple[list[str], Position, list[st
 def pending(
     subscription: Subscription, limit: int, until: Position | None = None
 ) -> reads.ChangesPage:
-    """Up to ``limit`` visible changes after the subscription's cursor that it selects."""
+    """Up to ``limit`` visible changes after the subscription's cursor that it selects,
+    as it sends them (``payload``)."""
     labels, after, patterns, events = _selection(subscription)
     return reads.changes_page(
         labels, after, patterns, limit, events=events, filter=subscription.filter or None,
-        until=until,
+        until=until, thin=subscription.payload == Subscription.Payload.THIN,
     )  # fmt: skip
 
 
@@ -89,7 +90,8 @@ def next_batch(subscription: Subscription) -> Batch | None:
     A caught-up subscription's cursor moves up to the horizon, so changes its topics
     or filter skip are not scanned again. A filter that selected nothing among the
     changes one read may examine moves the cursor past them and gives an empty batch:
-    call again for the next ones. Raises :class:`reads.QueryFailed` when the filter
+    call again for the next ones. A new batch holds what fits in the subscription's
+    body size (:func:`fitting`). Raises :class:`reads.QueryFailed` when the filter
     fails or takes too long.
     """
     if subscription.batch_end:
@@ -111,12 +113,35 @@ def next_batch(subscription: Subscription) -> Batch | None:
         if page.scanned_to is not None:
             return Batch("", [], after, cursor)
         return None
-    assert page.first is not None and page.last is not None
-    batch = Batch(uuid.uuid4().hex, page.results, page.first, page.last)
+    count = fitting(subscription, page.results)
+    batch = Batch(
+        uuid.uuid4().hex, page.results[:count], page.positions[0], page.positions[count - 1]
+    )
     Subscription.objects.filter(pk=subscription.pk).update(
         batch_id=batch.id, batch_end=str(batch.last)
     )
     return batch
+
+
+def max_bytes(subscription: Subscription) -> int:
+    """The most bytes a body of the subscription's may have."""
+    return subscription.max_bytes or int(conf.get("MAX_BATCH_BYTES"))
+
+
+def fitting(subscription: Subscription, changes: list[str]) -> int:
+    """How many of ``changes`` (change JSON texts) go in the next batch: those whose
+    :func:`body` stays within :func:`max_bytes`, and always the first (a change larger
+    than the cap goes alone, so it never blocks the subscription). A local subscriber
+    gets no body: all of them."""
+    if subscription.is_local:
+        return len(changes)
+    cap = max_bytes(subscription)
+    size = len(body(subscription, Batch("", [], START, START)))  # the envelope
+    for count, change in enumerate(changes):
+        size += len(change.encode()) + (2 if count else 0)  # ", " between changes
+        if size > cap and count:
+            return count
+    return len(changes)
 
 
 def body(subscription: Subscription, batch: Batch) -> bytes:

@@ -200,6 +200,10 @@ class Subscription(models.Model):
         FAILING = "failing"  # MAX_FAILURES reached: no attempts until resumed
         DISABLED = "disabled"  # the target answered 410 Gone
 
+    class Payload(models.TextChoices):
+        FULL = "full"  # each change as the pull API shows it
+        THIN = "thin"  # without "old" and "new": receivers GET the row if they need it
+
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
@@ -215,6 +219,17 @@ class Subscription(models.Model):
     topics = models.JSONField(default=list, blank=True, help_text="topic patterns; [] is all")
     filter = models.TextField(blank=True, default="", help_text="SQL/JSON path on the change")
     batch_size = models.PositiveSmallIntegerField(default=DEFAULT_BATCH_SIZE)
+    max_bytes = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="largest body of a batch, in bytes; empty: PUBSUBPULL['MAX_BATCH_BYTES']",
+    )
+    payload = models.CharField(
+        max_length=10,
+        choices=Payload.choices,
+        default=Payload.FULL,
+        help_text="thin: changes without old and new",
+    )
     secret = models.TextField(blank=True, default="", editable=False, help_text="encrypted")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
     cursor = models.CharField(

@@ -22,6 +22,8 @@ NAME = f"^{subscriptions.NAME.pattern}$"  # subscription names
 # Its words: the path parameter's and a 404's description.
 NAME_RULE = f"1-{subscriptions.NAME_LENGTH} letters, digits, `-` or `_`"
 BATCH_SIZE = {"minimum": subscriptions.BATCH_SIZE[0], "maximum": subscriptions.BATCH_SIZE[1]}
+MAX_BYTES = {"minimum": subscriptions.MAX_BYTES[0], "maximum": subscriptions.MAX_BYTES[1]}
+PAYLOAD = {"type": "string", "enum": list(Subscription.Payload.values)}
 # What pubsubpull.ssrf checks before looking at the host: an http(s) URL of printable
 # ASCII without backslash or fragment. Whether the host may be sent to is not syntax.
 TARGET = r'^[Hh][Tt][Tt][Pp][Ss]?://[!"$-\[\]-~]+$'
@@ -191,11 +193,11 @@ def _paths() -> dict[str, Any]:
                 "description": (
                     "Changes are delivered by HTTP PUT to `target` in batches, signed with "
                     "`secret` (Standard Webhooks). Replacing keeps `cursor`, `status` and "
-                    "`secret` unless the body sets them; `topics`, `filter` and `batch_size` "
-                    "take their defaults when left out. Setting `status` pauses or resumes "
-                    "(`active` also clears failures); setting `cursor` replays from there. "
-                    "Authenticated by the session cookie, the request needs Django's CSRF "
-                    "token."
+                    "`secret` unless the body sets them; `topics`, `filter`, `batch_size`, "
+                    "`max_bytes` and `payload` take their defaults when left out. Setting "
+                    "`status` pauses or resumes (`active` also clears failures); setting "
+                    "`cursor` replays from there. Authenticated by the session cookie, the "
+                    "request needs Django's CSRF token."
                 ),
                 "requestBody": {
                     "required": True,
@@ -395,6 +397,20 @@ SCHEMAS: dict[str, Any] = {
                 "examples": ["$.new.total > 100"],
             },
             "batch_size": {"type": "integer", **BATCH_SIZE, "default": DEFAULT_BATCH_SIZE},
+            "max_bytes": {
+                "type": ["integer", "null"],
+                **MAX_BYTES,
+                "default": None,
+                "description": "The largest body of a delivery, in bytes: a batch ends before "
+                "its body would be larger (a single larger change goes alone). null: "
+                "`PUBSUBPULL['MAX_BATCH_BYTES']`.",
+            },
+            "payload": {
+                **PAYLOAD,
+                "default": Subscription.Payload.FULL.value,
+                "description": "`thin`: each change without `old` and `new` (the filter still "
+                "sees them), for receivers that GET the row.",
+            },
             "secret": {
                 "type": ["string", "null"],
                 "writeOnly": True,
@@ -420,7 +436,8 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "description": "A subscription as its owner sees it: never its secret",
         "required": [
-            *("name", "target", "topics", "filter", "batch_size", "signed", "status"),
+            *("name", "target", "topics", "filter", "batch_size", "max_bytes", "payload"),
+            *("signed", "status"),
             *("cursor", "lag", "failures", "last_error", "next_attempt", "last_delivered"),
             *("created", "updated"),
         ],
@@ -431,6 +448,12 @@ SCHEMAS: dict[str, Any] = {
             "topics": {"type": "array", "items": {"type": "string"}},
             "filter": {"type": ["string", "null"]},
             "batch_size": {"type": "integer", **BATCH_SIZE},
+            "max_bytes": {
+                "type": ["integer", "null"],
+                **MAX_BYTES,
+                "description": "null: `PUBSUBPULL['MAX_BATCH_BYTES']`",
+            },
+            "payload": PAYLOAD,
             "signed": {"type": "boolean", "description": "Whether it has a secret"},
             "status": {
                 "type": "string",

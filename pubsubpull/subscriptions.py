@@ -18,7 +18,20 @@ from .sql import load, render
 NAME_LENGTH = 100  # characters of a subscription name, at most
 NAME = re.compile(rf"[-a-zA-Z0-9_]{{1,{NAME_LENGTH}}}")
 BATCH_SIZE = (1, 1000)  # the least and the most changes a batch may be asked to hold
-FIELDS = {"target", "topics", "filter", "batch_size", "secret", "status", "cursor"}
+# The least and the most bytes a delivery body may be capped at (a subscription's
+# max_bytes, PUBSUBPULL["MAX_BATCH_BYTES"]): room for a change or two, and no more than
+# a worker should hold in memory for one request.
+MAX_BYTES = (1000, 100_000_000)
+FIELDS = {
+    *("target", "topics", "filter", "batch_size", "max_bytes", "payload", "secret"),
+    *("status", "cursor"),
+}
+# What a PUT leaves out takes these values; fields not here (secret, status, cursor)
+# keep theirs when a subscription is replaced.
+DEFAULTS: dict[str, Any] = {
+    "topics": [], "filter": "", "batch_size": DEFAULT_BATCH_SIZE, "max_bytes": None,
+    "payload": Subscription.Payload.FULL,
+}  # fmt: skip
 LAG_CAP = 10_000
 OWNER_LOCKS = 0x70737073  # first key of the advisory lock taken to create ("psps")
 # What a filter is tried on when saved: a change document with every key a change has.
@@ -59,6 +72,8 @@ def validate(owner: Any, data: Any) -> dict[str, Any]:
     check("topics", lambda value: _topics(owner, value))
     check("filter", _filter)
     check("batch_size", _batch_size)
+    check("max_bytes", _max_bytes)
+    check("payload", _payload)
     check("secret", _secret)
     check("status", _status)
     check("cursor", _cursor)
@@ -124,6 +139,28 @@ def _batch_size(value: Any) -> int:
     return value
 
 
+def _max_bytes(value: Any) -> int | None:
+    """None (or absent): ``PUBSUBPULL["MAX_BATCH_BYTES"]`` when the batch is made."""
+    if value is None:
+        return None
+    least, most = MAX_BYTES
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+        raise ValueError(
+            f"must be an integer from {least} to {most} (bytes of a delivery body), or null "
+            "for PUBSUBPULL['MAX_BATCH_BYTES']"
+        )
+    return value
+
+
+def _payload(value: Any) -> str:
+    if value not in Subscription.Payload.values:
+        raise ValueError(
+            "must be 'full' (changes with old and new) or 'thin' (without them: receivers "
+            "GET the row)"
+        )
+    return str(value)
+
+
 def _secret(value: Any) -> str:
     if value is None or value == "":
         return ""
@@ -154,7 +191,6 @@ def save(owner: Any, name: str, values: dict[str, Any]) -> tuple[Subscription, b
     Replacing keeps the cursor, status and secret unless the body sets them; setting
     ``status`` to ``active`` also clears failures (resume), setting ``cursor`` replays.
     """
-    defaults = {"topics": [], "filter": "", "batch_size": DEFAULT_BATCH_SIZE}
     with transaction.atomic():
         subscription = Subscription.objects.select_for_update().filter(owner=owner, name=name)
         existing = subscription.first()
@@ -162,7 +198,7 @@ def save(owner: Any, name: str, values: dict[str, Any]) -> tuple[Subscription, b
         if existing is None:
             check_room(owner)
             existing = Subscription(owner=owner, name=name, cursor=str(reads.now()))
-        for field, value in {**defaults, **values}.items():
+        for field, value in {**DEFAULTS, **values}.items():
             setattr(existing, field, value)
         if values.get("status") == Subscription.Status.ACTIVE or created:
             existing.clear_failures()  # resumed
@@ -209,6 +245,8 @@ def as_json(subscription: Subscription) -> dict[str, Any]:
         "topics": subscription.topics,
         "filter": subscription.filter or None,
         "batch_size": subscription.batch_size,
+        "max_bytes": subscription.max_bytes,
+        "payload": subscription.payload,
         "signed": bool(subscription.secret),
         "status": subscription.status,
         "cursor": subscription.cursor,

@@ -145,6 +145,8 @@ def test_poll_interval_accepts_seconds() -> None:
         ("MAX_TOPICS", 0), ("MAX_TOPICS", "50"), ("MAX_TOPICS", 2.5), ("MAX_TOPICS", True),
         ("MAX_FILTER_LENGTH", -1), ("FILTER_TIMEOUT", 0), ("FILTER_TIMEOUT", None),
         ("MAX_SUBSCRIPTIONS", 0), ("MAX_WAITING", -1), ("MAX_WAITING", 10**9),
+        ("MAX_BATCH_BYTES", 0), ("MAX_BATCH_BYTES", 999), ("MAX_BATCH_BYTES", 10**9),
+        ("MAX_BATCH_BYTES", "1000000"), ("MAX_BATCH_BYTES", 1e6),
     ],
 )  # fmt: skip
 def test_e009_unusable_limit(key: str, value: object) -> None:
@@ -155,7 +157,8 @@ def test_e009_unusable_limit(key: str, value: object) -> None:
 
 
 def test_limits_accept_their_range() -> None:
-    limits = {"MAX_TOPICS": 1, "FILTER_TIMEOUT": 0.5, "MAX_WAITING": 0, "MAX_SUBSCRIPTIONS": 5}
+    limits = {"MAX_TOPICS": 1, "FILTER_TIMEOUT": 0.5, "MAX_WAITING": 0, "MAX_SUBSCRIPTIONS": 5,
+              "MAX_BATCH_BYTES": 1000}  # fmt: skip
     with override_settings(PUBSUBPULL=limits):
         assert check_settings() == []
 
