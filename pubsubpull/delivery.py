@@ -170,11 +170,24 @@ def send(subscription: Subscription, batch: Batch) -> Attempt:
     return Attempt(status, error, timedelta(seconds=time.monotonic() - started))
 
 
+def signing_secrets(subscription: Subscription, now: datetime) -> list[str]:
+    """The secrets that sign a delivery made at ``now``: the subscription's, then the one
+    it replaced while ``previous_secret_until`` has not passed; none when unsigned."""
+    if not subscription.secret:
+        return []
+    keys = [decrypt(subscription.secret)]
+    until = subscription.previous_secret_until
+    if subscription.previous_secret and until is not None and now < until:
+        keys.append(decrypt(subscription.previous_secret))
+    return keys
+
+
 def _put(subscription: Subscription, batch: Batch) -> tuple[int, str]:
     data = body(subscription, batch)
     headers = {"Content-Type": "application/json", "User-Agent": "pubsubpull"}
-    if subscription.secret:
-        headers |= webhooks.sign(decrypt(subscription.secret), batch.id, data)
+    keys = signing_secrets(subscription, timezone.now())
+    if keys:
+        headers |= webhooks.sign(keys, batch.id, data)
     else:
         headers |= {"webhook-id": batch.id, "webhook-timestamp": str(int(time.time()))}
     # Connects to the address it checked (no second DNS answer), follows no redirect,

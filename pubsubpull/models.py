@@ -231,6 +231,12 @@ class Subscription(models.Model):
         help_text="thin: changes without old and new",
     )
     secret = models.TextField(blank=True, default="", editable=False, help_text="encrypted")
+    # The secret a PUT replaced: it signs deliveries too until previous_secret_until, so a
+    # receiver can switch to the new one without failed verifications.
+    previous_secret = models.TextField(
+        blank=True, default="", editable=False, help_text="encrypted"
+    )
+    previous_secret_until = models.DateTimeField(null=True, blank=True, editable=False)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
     cursor = models.CharField(
         max_length=41,

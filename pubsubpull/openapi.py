@@ -416,7 +416,9 @@ SCHEMAS: dict[str, Any] = {
                 "writeOnly": True,
                 "description": "Signs deliveries (Standard Webhooks): `whsec_` and base64, "
                 "e.g. from `pubsubpull.webhooks.generate_secret()`; null or empty for unsigned. "
-                "Never shown back.",
+                "Never shown back. Another secret than the current one rotates it: the old one "
+                "signs deliveries too (a second signature) for "
+                "`PUBSUBPULL['SECRET_ROTATION_GRACE']` seconds, see `previous_secret_until`.",
             },
             "status": {
                 "type": "string",
@@ -437,7 +439,7 @@ SCHEMAS: dict[str, Any] = {
         "description": "A subscription as its owner sees it: never its secret",
         "required": [
             *("name", "target", "topics", "filter", "batch_size", "max_bytes", "payload"),
-            *("signed", "status"),
+            *("signed", "previous_secret_until", "status"),
             *("cursor", "lag", "failures", "last_error", "next_attempt", "last_delivered"),
             *("created", "updated"),
         ],
@@ -455,6 +457,11 @@ SCHEMAS: dict[str, Any] = {
             },
             "payload": PAYLOAD,
             "signed": {"type": "boolean", "description": "Whether it has a secret"},
+            "previous_secret_until": {
+                **NULLABLE_TIME,
+                "description": "While a secret replaced by a PUT still signs deliveries "
+                "beside the new one (`webhook-signature: v1,<new> v1,<old>`): until then",
+            },
             "status": {
                 "type": "string",
                 "enum": list(Subscription.Status.values),

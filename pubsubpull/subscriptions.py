@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import timedelta
 from typing import Any
 
 from django.db import connection, transaction
+from django.utils import timezone
 
 from . import conf, events, reads, registry, ssrf, topics, webhooks
-from .crypto import encrypt
+from .crypto import SecretUnreadable, decrypt, encrypt
 from .delivery import pending_count
 from .models import DEFAULT_BATCH_SIZE, Subscription
 from .positions import InvalidPosition, Position
@@ -189,7 +191,8 @@ def save(owner: Any, name: str, values: dict[str, Any]) -> tuple[Subscription, b
     """Create or replace the owner's subscription; returns it and whether it is new.
 
     Replacing keeps the cursor, status and secret unless the body sets them; setting
-    ``status`` to ``active`` also clears failures (resume), setting ``cursor`` replays.
+    ``status`` to ``active`` also clears failures (resume), setting ``cursor`` replays,
+    setting another secret rotates it (:func:`set_secret`).
     """
     with transaction.atomic():
         subscription = Subscription.objects.select_for_update().filter(owner=owner, name=name)
@@ -198,13 +201,46 @@ def save(owner: Any, name: str, values: dict[str, Any]) -> tuple[Subscription, b
         if existing is None:
             check_room(owner)
             existing = Subscription(owner=owner, name=name, cursor=str(reads.now()))
-        for field, value in {**DEFAULTS, **values}.items():
+        changes = {**DEFAULTS, **values}
+        if "secret" in changes:
+            set_secret(existing, changes.pop("secret"))
+        for field, value in changes.items():
             setattr(existing, field, value)
         if values.get("status") == Subscription.Status.ACTIVE or created:
             existing.clear_failures()  # resumed
         existing.drop_batch()  # the next batch follows the new terms
         existing.save()
     return existing, created
+
+
+def set_secret(subscription: Subscription, stored: str) -> None:
+    """Give ``subscription`` the secret ``stored`` (encrypted; empty: unsigned), before
+    ``save()``.
+
+    A new secret replacing another keeps the old one signing too for
+    ``PUBSUBPULL["SECRET_ROTATION_GRACE"]`` seconds (deliveries then carry both
+    signatures), so the receiver can switch without failed verifications. The same secret
+    again changes nothing (a rotation under way goes on); no secret ends any rotation.
+    """
+    old = _readable_secret(subscription.secret)
+    if old and stored and old == decrypt(stored):
+        return
+    grace = float(conf.get("SECRET_ROTATION_GRACE"))
+    if old and stored and grace > 0:
+        subscription.previous_secret = subscription.secret
+        subscription.previous_secret_until = timezone.now() + timedelta(seconds=grace)
+    else:
+        subscription.previous_secret, subscription.previous_secret_until = "", None
+    subscription.secret = stored
+
+
+def _readable_secret(stored: str) -> str:
+    """The secret back, or "" when there is none or it cannot be decrypted (it could not
+    sign either: SECRET_KEY changed)."""
+    try:
+        return decrypt(stored) if stored else ""
+    except SecretUnreadable:
+        return ""
 
 
 def check_room(owner: Any) -> None:
@@ -239,6 +275,7 @@ def lag(subscription: Subscription) -> int | None:
 
 def as_json(subscription: Subscription) -> dict[str, Any]:
     """What the API shows of a subscription: never the secret."""
+    rotation = subscription.previous_secret_until
     return {
         "name": subscription.name,
         "target": subscription.target,
@@ -248,6 +285,10 @@ def as_json(subscription: Subscription) -> dict[str, Any]:
         "max_bytes": subscription.max_bytes,
         "payload": subscription.payload,
         "signed": bool(subscription.secret),
+        # while a replaced secret still signs deliveries too
+        "previous_secret_until": _time(
+            rotation if rotation and rotation > timezone.now() else None
+        ),
         "status": subscription.status,
         "cursor": subscription.cursor,
         "lag": lag(subscription),

@@ -4,19 +4,24 @@ loopback receiver."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
+import standardwebhooks
 from django.test import Client
+from django.utils import timezone
 from pytest_httpserver import HTTPServer
+from standardwebhooks.webhooks import WebhookVerificationError
 
 import pubsubpull
 from pubsubpull import reads
-from pubsubpull.delivery import fitting
+from pubsubpull.delivery import fitting, signing_secrets
 from pubsubpull.models import Subscription
 from pubsubpull.positions import START
+from pubsubpull.webhooks import generate_secret
 from test_project.shop.models import Customer
-from tests.delivery_helpers import Receiver, drain, put
+from tests.delivery_helpers import Received, Receiver, drain, put
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -148,6 +153,101 @@ def test_thin_payload_sends_changes_without_old_and_new(
         }  # fmt: skip
         assert change["pk"] == str(kept.pk)
     assert changes[1]["fields"] == ["email", "name"]
+
+
+# -- item 4: secret rotation -------------------------------------------------------------
+
+
+def signatures(received: Received) -> list[str]:
+    return received.headers["Webhook-Signature"].split(" ")
+
+
+def test_a_new_secret_signs_beside_the_old_one_during_the_grace_then_alone(
+    api: Client, httpserver: HTTPServer
+) -> None:
+    receiver = Receiver()
+    target = hook(httpserver, receiver)
+    old, new = generate_secret(), generate_secret()
+    assert put(api, "rot", {"target": target, "secret": old}, 201)["previous_secret_until"] is None
+    before = timezone.now()
+    rotated = put(api, "rot", {"target": target, "secret": new}, 200)
+    until = Subscription.objects.get(name="rot").previous_secret_until
+    assert until is not None and rotated["previous_secret_until"] == until.isoformat()
+    assert timedelta(hours=24) <= until - before < timedelta(hours=24, minutes=1)  # the default
+
+    Customer.objects.create(name="during")
+    drain(lambda: len(receiver.requests) >= 1)
+    during = receiver.requests[0]
+    assert len(signatures(during)) == 2
+    for secret in (new, old):  # the library's own check, with either secret
+        standardwebhooks.Webhook(secret).verify(during.body, during.headers)
+
+    # The grace ends (as if a day had passed): only the new secret signs.
+    Subscription.objects.filter(name="rot").update(previous_secret_until=timezone.now())
+    Customer.objects.create(name="after")
+    drain(lambda: len(receiver.requests) >= 2)
+    after = receiver.requests[1]
+    assert len(signatures(after)) == 1
+    standardwebhooks.Webhook(new).verify(after.body, after.headers)
+    with pytest.raises(WebhookVerificationError):
+        standardwebhooks.Webhook(old).verify(after.body, after.headers)
+    assert api.get("/pubsubpull/subscriptions/rot/").json()["previous_secret_until"] is None
+
+
+def test_signing_secrets_at_a_given_time(owner: Any) -> None:
+    old, new = generate_secret(), generate_secret()
+    put_as(owner, {"secret": old})
+    put_as(owner, {"secret": new})
+    subscription = Subscription.objects.get(name="s")
+    until = subscription.previous_secret_until
+    assert until is not None
+    assert signing_secrets(subscription, until - timedelta(seconds=1)) == [new, old]
+    assert signing_secrets(subscription, until) == [new]
+    assert signing_secrets(Subscription(name="unsigned", target="http://x/"), until) == []
+
+
+def put_as(owner: Any, body: dict[str, Any], status: int | None = None) -> dict[str, Any]:
+    client = Client()
+    client.force_login(owner)
+    return put(client, "s", {"target": "http://localhost:8001/x", **body}, status)
+
+
+def test_rotation_is_encrypted_and_never_shown(api: Client, owner: Any) -> None:
+    old, new = generate_secret(), generate_secret()
+    put_as(owner, {"secret": old}, 201)
+    put_as(owner, {"secret": new}, 200)
+    stored = Subscription.objects.get(name="s")
+    assert stored.previous_secret and old not in stored.previous_secret
+    assert new not in stored.secret
+    admin = "/admin/pubsubpull/subscription/"
+    for url in ("/pubsubpull/subscriptions/", "/pubsubpull/subscriptions/s/", admin,
+                f"{admin}{stored.pk}/change/"):  # fmt: skip
+        content = api.get(url).content.decode()
+        for secret in (old, new, stored.secret, stored.previous_secret):
+            assert secret not in content, url
+
+
+def test_the_same_secret_again_keeps_the_rotation_and_no_secret_ends_it(owner: Any) -> None:
+    old, new = generate_secret(), generate_secret()
+    put_as(owner, {"secret": old}, 201)
+    until = put_as(owner, {"secret": new}, 200)["previous_secret_until"]
+    assert put_as(owner, {"secret": new}, 200)["previous_secret_until"] == until
+    assert put_as(owner, {}, 200)["previous_secret_until"] == until  # secret kept
+    newer = generate_secret()
+    put_as(owner, {"secret": newer})
+    subscription = Subscription.objects.get(name="s")
+    assert signing_secrets(subscription, timezone.now()) == [newer, new]  # the one replaced
+    unsigned = put_as(owner, {"secret": None}, 200)
+    assert unsigned["signed"] is False and unsigned["previous_secret_until"] is None
+    assert signing_secrets(Subscription.objects.get(name="s"), timezone.now()) == []
+
+
+def test_no_grace_replaces_the_secret_at_once(owner: Any, settings: Any) -> None:
+    settings.PUBSUBPULL = {**settings.PUBSUBPULL, "SECRET_ROTATION_GRACE": 0}
+    old, new = generate_secret(), generate_secret()
+    put_as(owner, {"secret": old}, 201)
+    assert put_as(owner, {"secret": new}, 200)["previous_secret_until"] is None
+    assert signing_secrets(Subscription.objects.get(name="s"), timezone.now()) == [new]
 
 
 # -- the subscription API ----------------------------------------------------------------

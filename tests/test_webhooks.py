@@ -56,7 +56,16 @@ class NoSecret(ReceiverView):
         raise AssertionError("never called")
 
 
-urlpatterns = [path("hook/", Recorder.as_view())]
+OLD_SECRET = generate_secret()
+
+
+class Rotating(Recorder):
+    """A receiver switching secrets: it accepts the new one and the old one."""
+
+    secret = [SECRET, OLD_SECRET]
+
+
+urlpatterns = [path("hook/", Recorder.as_view()), path("rotating/", Rotating.as_view())]
 pytestmark = pytest.mark.urls("tests.test_webhooks")
 HEADER_NAMES = ("webhook-id", "webhook-timestamp", "webhook-signature")
 
@@ -357,3 +366,69 @@ def test_receiver_without_a_secret_says_how_to_configure_it(rf: RequestFactory) 
 def test_receiver_handle_must_be_implemented() -> None:
     with pytest.raises(NotImplementedError, match="must implement handle"):
         ReceiverView().handle([], {})
+
+
+# -- secret rotation: several secrets ------------------------------------------------------
+
+
+def test_sign_with_several_secrets_gives_one_signature_each_that_each_verifies() -> None:
+    body = delivery()
+    headers = sign([SECRET, OLD_SECRET], "m", body)
+    signatures = headers["webhook-signature"].split(" ")
+    assert len(signatures) == 2 and all(s.startswith("v1,") for s in signatures)
+    assert signatures[0] == sign(SECRET, "m", body, _at(headers))["webhook-signature"]
+    for secret in (SECRET, OLD_SECRET):
+        standardwebhooks.Webhook(secret).verify(body, headers)  # raises if not signed with it
+    with pytest.raises(standardwebhooks.webhooks.WebhookVerificationError):
+        standardwebhooks.Webhook(generate_secret()).verify(body, headers)
+
+
+def _at(headers: dict[str, str]) -> datetime:
+    return datetime.fromtimestamp(int(headers["webhook-timestamp"]), UTC)
+
+
+@pytest.mark.parametrize("signed_with", [SECRET, OLD_SECRET], ids=["new", "old"])
+def test_verify_with_a_list_accepts_a_delivery_signed_with_any_of_them(
+    rf: RequestFactory, signed_with: str
+) -> None:
+    body = delivery()
+    headers = sign(signed_with, "m", body)
+    request = rf.put(URL, body, content_type="application/json", headers=headers)
+    assert verify(request, [SECRET, OLD_SECRET]) == json.loads(body)
+    assert verify(request, (OLD_SECRET, SECRET)) == json.loads(body)
+
+
+def test_verify_with_a_list_refuses_a_delivery_signed_with_none_of_them(
+    rf: RequestFactory,
+) -> None:
+    body = delivery()
+    headers = sign(generate_secret(), "m", body)
+    request = rf.put(URL, body, content_type="application/json", headers=headers)
+    with pytest.raises(InvalidSignature, match="No matching signature"):
+        verify(request, [SECRET, OLD_SECRET])
+    stale = sign([SECRET, OLD_SECRET], "m", body, datetime.now(UTC) - 2 * TOLERANCE)
+    request = rf.put(URL, body, content_type="application/json", headers=stale)
+    with pytest.raises(InvalidSignature, match="timestamp too old"):
+        verify(request, [SECRET, OLD_SECRET])
+
+
+def test_an_empty_list_of_secrets_is_refused(rf: RequestFactory) -> None:
+    body = delivery()
+    request = rf.put(URL, body, content_type="application/json", headers=sign(SECRET, "m", body))
+    with pytest.raises(InvalidSecret, match="no webhook secret"):
+        verify(request, [])
+    with pytest.raises(InvalidSecret, match="no webhook secret"):
+        sign([], "m", body)
+
+
+@pytest.mark.parametrize("signed_with", [SECRET, OLD_SECRET], ids=["new", "old"])
+def test_receiver_with_a_list_of_secrets_handles_deliveries_signed_with_either(
+    client: Client, signed_with: str
+) -> None:
+    body = delivery()
+    response = client.put("/rotating/", body, content_type="application/json",
+                          headers=sign(signed_with, "m", body))  # fmt: skip
+    assert response.status_code == 204 and len(Recorder.handled) == 1
+    other = sign(generate_secret(), "m2", body)
+    response = client.put("/rotating/", body, content_type="application/json", headers=other)
+    assert response.status_code == 401 and len(Recorder.handled) == 1
