@@ -76,18 +76,21 @@ class RequestAdmin(ReadOnlyAdmin):
 #: What a local subscriber's code sets (``@pubsubpull.on``, via ``local_subscribers.sync``).
 RECEIVER_FIELDS = ("owner", "name", "target", "topics", "filter")
 #: The fields the admin checks with the API's rules (:func:`subscriptions.validate`).
-VALIDATED_FIELDS = ("target", "topics", "filter", "batch_size", "max_bytes", "payload", "cursor")
+VALIDATED_FIELDS = (
+    *("target", "topics", "filter", "batch_size", "max_bytes", "payload", "format"),
+    "cursor",
+)
 #: Fields whose change drops the batch in flight: the next batch follows the new terms
 #: (as :func:`subscriptions.save` does), or starts from the new cursor (a replay).
-TERMS_FIELDS = ("target", "topics", "filter", "max_bytes", "payload", "cursor")
+TERMS_FIELDS = ("target", "topics", "filter", "max_bytes", "payload", "format", "cursor")
 
 
 class SubscriptionForm(forms.ModelForm):  # type: ignore[type-arg]
     """A subscription as the admin edits it, checked by the API's rules.
 
-    ``clean()`` passes the target, topics, filter, batch size, byte cap, payload and cursor to
-    :func:`subscriptions.validate` with the subscription's owner (the form's owner when it
-    edits one, i.e. on the add form), so the admin accepts what a PUT accepts: no local
+    ``clean()`` passes the target, topics, filter, batch size, byte cap, payload, format and
+    cursor to :func:`subscriptions.validate` with the subscription's owner (the form's owner
+    when it edits one, i.e. on the add form), so the admin accepts what a PUT accepts: no local
     receiver target (:data:`~pubsubpull.models.LOCAL_PREFIX`), no private or metadata
     address, only topics the owner may view.
     A new subscription also counts against the owner's ``PUBSUBPULL["MAX_SUBSCRIPTIONS"]``
@@ -99,7 +102,7 @@ class SubscriptionForm(forms.ModelForm):  # type: ignore[type-arg]
         model = Subscription
         fields = [
             *("owner", "name", "target", "topics", "filter", "batch_size", "max_bytes"),
-            *("payload", "status", "cursor"),
+            *("payload", "format", "status", "cursor"),
         ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -168,11 +171,12 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     search_fields = ["name", "target", "owner__username"]
     fields = [
         "owner", "name", "target", "topics", "filter", "batch_size", "max_bytes", "payload",
-        "status", "cursor", "lag", "failures", "last_error", "next_attempt", "last_delivered",
-        "created", "updated",
+        "format", "header_names", "status", "cursor", "lag", "failures", "last_error",
+        "next_attempt", "last_delivered", "created", "updated",
     ]  # fmt: skip
     readonly_fields = [
-        "lag", "failures", "last_error", "next_attempt", "last_delivered", "created", "updated",
+        "header_names", "lag", "failures", "last_error", "next_attempt", "last_delivered",
+        "created", "updated",
     ]  # fmt: skip
     actions = ["pause", "resume", "replay_from_start"]
 
@@ -223,6 +227,11 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         if "status" in form.changed_data and obj.status == Subscription.Status.ACTIVE:
             obj.clear_failures()  # resumed
         super().save_model(request, obj, form, change)
+
+    @admin.display(description="headers")
+    def header_names(self, subscription: Subscription) -> str:
+        # Names only: the values are credentials, encrypted at rest (set them by PUT).
+        return ", ".join(sorted(subscription.headers)) or "-"
 
     @admin.display(description="lag")
     def lag(self, subscription: Subscription) -> int | None:

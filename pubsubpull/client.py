@@ -216,6 +216,8 @@ class Service:
         cursor: str | None = None,
         max_bytes: int | None = None,
         payload: str | None = None,
+        format: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> JSON:
         """Create or replace subscription ``name``: the service PUTs matching changes to
         ``target``. Returns the subscription (never its secret); options left as None are
@@ -223,11 +225,13 @@ class Service:
 
         ``max_bytes`` caps a delivery's body (default: the service's
         ``PUBSUBPULL["MAX_BATCH_BYTES"]``); ``payload="thin"`` sends changes without
-        ``old`` and ``new``."""
+        ``old`` and ``new``; ``format="standard"`` POSTs each change as a Standard Webhooks
+        message; ``headers`` are sent with every delivery (kept on a replace that leaves
+        them out, ``{}`` removes them; the service shows their names only)."""
         body = {
             "target": target, "topics": topics, "filter": filter, "batch_size": batch_size,
             "secret": secret, "status": status, "cursor": cursor, "max_bytes": max_bytes,
-            "payload": payload,
+            "payload": payload, "format": format, "headers": headers,
         }  # fmt: skip
         return self._request(
             "PUT",

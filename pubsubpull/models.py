@@ -177,6 +177,12 @@ class SubscriptionQuerySet(models.QuerySet["Subscription"]):
         terms, is dropped."""
         return self.update(**terms, **_NO_BATCH)
 
+    def delivered_change(self, position: Position, at: datetime) -> int:
+        """One change of the batch in flight, at ``position``, was delivered ``at`` (the
+        standard format sends them one by one): the cursor moves there and the failures
+        are cleared; the rest of the batch stays in flight."""
+        return self.update(cursor=str(position), last_delivered=at, **_NO_FAILURES)
+
     def delivered(self, position: Position, at: datetime) -> int:
         """A batch up to ``position`` was delivered ``at``: the cursor moves there, the
         batch in flight and the failures are cleared."""
@@ -204,6 +210,10 @@ class Subscription(models.Model):
         FULL = "full"  # each change as the pull API shows it
         THIN = "thin"  # without "old" and "new": receivers GET the row if they need it
 
+    class Format(models.TextChoices):
+        BATCH = "batch"  # PUT of {"subscription", "changes"}
+        STANDARD = "standard"  # a POST per change of {"type", "timestamp", "data"}
+
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
@@ -229,6 +239,18 @@ class Subscription(models.Model):
         choices=Payload.choices,
         default=Payload.FULL,
         help_text="thin: changes without old and new",
+    )
+    format = models.CharField(
+        max_length=10,
+        choices=Format.choices,
+        default=Format.BATCH,
+        help_text="standard: one POST per change with the Standard Webhooks payload",
+    )
+    headers = models.JSONField(
+        default=dict,
+        blank=True,
+        editable=False,
+        help_text="extra request headers: name -> encrypted value",
     )
     secret = models.TextField(blank=True, default="", editable=False, help_text="encrypted")
     # The secret a PUT replaced: it signs deliveries too until previous_secret_until, so a

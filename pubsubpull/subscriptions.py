@@ -25,14 +25,35 @@ BATCH_SIZE = (1, 1000)  # the least and the most changes a batch may be asked to
 # a worker should hold in memory for one request.
 MAX_BYTES = (1000, 100_000_000)
 FIELDS = {
-    *("target", "topics", "filter", "batch_size", "max_bytes", "payload", "secret"),
-    *("status", "cursor"),
+    *("target", "topics", "filter", "batch_size", "max_bytes", "payload", "format"),
+    *("headers", "secret", "status", "cursor"),
 }
-# What a PUT leaves out takes these values; fields not here (secret, status, cursor)
-# keep theirs when a subscription is replaced.
+# Extra request headers (a subscription's "headers"): how many, and what names and values
+# look like. A name is an RFC 9110 token; a value printable ASCII starting with a visible
+# character (no line break: no header injection).
+MAX_HEADERS = 20
+HEADER_NAME = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]{1,100}")
+HEADER_VALUE = re.compile(r"(?:[!-~][\t -~]{0,3999})?")
+# Headers a subscription may not set (lower case): about the connection, not the
+# delivery (hop-by-hop), or set by pubsubpull on every delivery.
+HOP_BY_HOP_HEADERS = (
+    *("connection", "keep-alive", "proxy-connection", "proxy-authenticate"),
+    *("proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"),
+)
+SENDER_HEADERS = (
+    *("host", "content-length", "content-type", "content-encoding", "accept-encoding"),
+    "expect",
+)
+REFUSED_HEADERS = {
+    **dict.fromkeys(HOP_BY_HOP_HEADERS, "a hop-by-hop header, about the connection"),
+    **dict.fromkeys(SENDER_HEADERS, "set by pubsubpull on every delivery"),
+}
+SIGNATURE_PREFIX = "webhook-"  # webhook-id, -timestamp, -signature: pubsubpull's to set
+# What a PUT leaves out takes these values; fields not here (secret, headers, status,
+# cursor) keep theirs when a subscription is replaced.
 DEFAULTS: dict[str, Any] = {
     "topics": [], "filter": "", "batch_size": DEFAULT_BATCH_SIZE, "max_bytes": None,
-    "payload": Subscription.Payload.FULL,
+    "payload": Subscription.Payload.FULL, "format": Subscription.Format.BATCH,
 }  # fmt: skip
 LAG_CAP = 10_000
 OWNER_LOCKS = 0x70737073  # first key of the advisory lock taken to create ("psps")
@@ -76,6 +97,8 @@ def validate(owner: Any, data: Any) -> dict[str, Any]:
     check("batch_size", _batch_size)
     check("max_bytes", _max_bytes)
     check("payload", _payload)
+    check("format", _format)
+    check("headers", _headers)
     check("secret", _secret)
     check("status", _status)
     check("cursor", _cursor)
@@ -161,6 +184,53 @@ def _payload(value: Any) -> str:
             "GET the row)"
         )
     return str(value)
+
+
+def _format(value: Any) -> str:
+    if value not in Subscription.Format.values:
+        raise ValueError(
+            "must be 'batch' (a PUT of {\"subscription\", \"changes\"}) or 'standard' (a POST "
+            'per change of the Standard Webhooks payload {"type", "timestamp", "data"})'
+        )
+    return str(value)
+
+
+def _headers(value: Any) -> dict[str, str]:
+    """Extra request headers, ``{name: value}``: the values encrypted, as stored. Error
+    messages name headers, never show values (they are credentials)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError('must be an object of header name -> value, e.g. {"Authorization": "..."}')
+    if len(value) > MAX_HEADERS:
+        raise ValueError(f"has {len(value)} headers, more than {MAX_HEADERS}")
+    stored: dict[str, str] = {}
+    seen: set[str] = set()
+    for name, text in value.items():
+        lower = name.lower()
+        if not HEADER_NAME.fullmatch(name):
+            raise ValueError(
+                f"{name[:100]!r} is not a header name: 1 to 100 letters, digits or !#$%&'*+-.^_`|~"
+            )
+        if lower in REFUSED_HEADERS:
+            raise ValueError(f"{name!r} may not be set: {REFUSED_HEADERS[lower]}")
+        if lower.startswith(SIGNATURE_PREFIX):
+            raise ValueError(
+                f"{name!r} may not be set: webhook-* are the Standard Webhooks headers "
+                "pubsubpull signs each delivery with"
+            )
+        if lower in seen:
+            raise ValueError(f"{name!r} is given twice (header names ignore case)")
+        seen.add(lower)
+        if not isinstance(text, str):
+            raise TypeError(f"the value of {name!r} must be a string")
+        if not HEADER_VALUE.fullmatch(text):
+            raise ValueError(
+                f"the value of {name!r} must be printable ASCII, at most 4000 characters, "
+                "starting with a visible one (no line breaks)"
+            )
+        stored[name] = encrypt(text)
+    return stored
 
 
 def _secret(value: Any) -> str:
@@ -284,6 +354,8 @@ def as_json(subscription: Subscription) -> dict[str, Any]:
         "batch_size": subscription.batch_size,
         "max_bytes": subscription.max_bytes,
         "payload": subscription.payload,
+        "format": subscription.format,
+        "headers": sorted(subscription.headers),  # their names: the values are credentials
         "signed": bool(subscription.secret),
         # while a replaced secret still signs deliveries too
         "previous_secret_until": _time(

@@ -198,6 +198,22 @@ def verify(request: HttpRequest, secret: str | Sequence[str]) -> Any:
         raise InvalidPayload(f"body is not JSON: {exc}") from exc
 
 
+def _changes(payload: Any) -> list[dict[str, Any]] | None:
+    """The changes of a delivery's body: a batch's, or the one change of a message in the
+    standard format; None when it is neither."""
+    if not isinstance(payload, dict):
+        return None
+    if "changes" in payload:
+        changes = payload["changes"]
+    elif {"type", "timestamp", "data"} <= payload.keys():
+        changes = [payload["data"]]
+    else:
+        return None
+    if isinstance(changes, list) and all(isinstance(c, dict) for c in changes):
+        return changes
+    return None
+
+
 def _error(status: int, error: str, detail: str) -> JsonResponse:
     return JsonResponse({"error": error, "detail": detail}, status=status)
 
@@ -217,7 +233,8 @@ class ReceiverView(View):
                 for change in changes:
                     ...
 
-    Deliveries are HTTP PUT (POST is accepted too); CSRF does not apply. Answers:
+    Deliveries are HTTP PUT (POST in the standard format; either is accepted); CSRF does
+    not apply. Answers:
 
     - 204 when ``handle`` returned, and for a ``webhook-id`` already handled
       (``handle`` is not called again);
@@ -269,7 +286,9 @@ class ReceiverView(View):
         """Process one delivered batch; raise to have it retried. Subclasses implement it.
 
         ``changes`` is ``payload["changes"]``, in position order; ``payload`` is the whole
-        body (``payload["subscription"]`` names the subscription).
+        body (``payload["subscription"]`` names the subscription). A subscription in the
+        standard format delivers one change per message: ``changes`` is then
+        ``[payload["data"]]``, and ``payload`` is ``{"type", "timestamp", "data"}``.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement handle(changes, payload)")
 
@@ -283,12 +302,13 @@ class ReceiverView(View):
             return _error(400, "invalid_payload", str(exc))
         except RequestDataTooBig as exc:
             return _error(413, "payload_too_large", str(exc))
-        changes = payload.get("changes") if isinstance(payload, dict) else None
-        if not isinstance(changes, list) or not all(isinstance(c, dict) for c in changes):
+        changes = _changes(payload)
+        if changes is None:
             return _error(
                 400,
                 "invalid_payload",
-                'expected {"subscription": name, "changes": [change, ...]}',
+                'expected {"subscription": name, "changes": [change, ...]}, or the standard '
+                'format\'s {"type": topic, "timestamp": time, "data": change}',
             )
 
         message_id = request.headers["webhook-id"]

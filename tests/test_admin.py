@@ -144,6 +144,7 @@ def form(subscription: Subscription, **changes: Any) -> dict[str, Any]:
         "cursor": subscription.cursor,
         "max_bytes": subscription.max_bytes or "",
         "payload": subscription.payload,
+        "format": subscription.format,
     }
     return {**data, **changes}
 
@@ -185,7 +186,7 @@ def test_change_to_a_refused_target_saves_nothing(
 def test_add_with_a_python_target_saves_nothing(clerk_client: Client, clerk: User) -> None:
     data = {"owner": clerk.pk, "name": "printer", "target": "python:builtins.print",
             "topics": "[]", "filter": "", "batch_size": 100, "status": "active",
-            "cursor": "0-0", "payload": "full"}  # fmt: skip
+            "cursor": "0-0", "payload": "full", "format": "batch"}  # fmt: skip
     response = clerk_client.post(url(), data)
     assert "is not an absolute http(s) URL" in errors(response)["target"][0]
     assert not Subscription.objects.exists()
@@ -206,7 +207,7 @@ def test_add_needs_an_owner_and_staff_may_only_lend_their_own_permissions(
 ) -> None:
     data = {"name": "mine", "target": HOOK, "topics": '["shop.customer.*"]', "filter": "",
             "batch_size": 100, "status": "active", "cursor": "0-0",
-            "payload": "full"}  # fmt: skip
+            "payload": "full", "format": "batch"}  # fmt: skip
     assert clerk_client.get(url()).context["adminform"].form.initial["owner"] == clerk.pk
     assert "owner" in errors(clerk_client.post(url(), data))  # required
     for other in (root, alice):  # a superuser would read everything
@@ -426,7 +427,8 @@ def test_staff_cannot_view_change_or_delete_anothers_subscription(
         assert response.status_code == 302 and response["Location"] == "/admin/", page
     # Redirecting what the owner may read to the clerk's own server:
     redirect = {"target": "http://127.0.0.1:9000/clerk", "topics": '["shop.customer.*"]',
-                "filter": "", "status": "active", "cursor": "0-0", "payload": "full"}  # fmt: skip
+                "filter": "", "status": "active", "cursor": "0-0", "payload": "full",
+                "format": "batch"}  # fmt: skip
     assert clerk_client.post(url(other), form(other, **redirect)).status_code == 302
     assert clerk_client.post(f"{base}/delete/", {"post": "yes"}).status_code == 302
     assert row(other) == before
@@ -468,7 +470,7 @@ def test_actions_act_only_on_subscriptions_the_user_may_see(
 def add_form(owner: User, name: str) -> dict[str, Any]:
     return {"owner": owner.pk, "name": name, "target": HOOK, "topics": '["shop.customer.*"]',
             "filter": "", "batch_size": 100, "status": "active", "cursor": "0-0",
-            "payload": "full"}  # fmt: skip
+            "payload": "full", "format": "batch"}  # fmt: skip
 
 
 def test_add_counts_against_max_subscriptions_per_owner(

@@ -4,20 +4,23 @@ loopback receiver."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import pytest
 import standardwebhooks
-from django.test import Client
+from django.db import connection
+from django.test import Client, override_settings
 from django.utils import timezone
 from pytest_httpserver import HTTPServer
 from standardwebhooks.webhooks import WebhookVerificationError
+from werkzeug import Request, Response
 
 import pubsubpull
 from pubsubpull import reads
 from pubsubpull.delivery import fitting, signing_secrets
-from pubsubpull.models import Subscription
+from pubsubpull.models import Delivery, Subscription
 from pubsubpull.positions import START
 from pubsubpull.webhooks import generate_secret
 from test_project.shop.models import Customer
@@ -250,6 +253,156 @@ def test_no_grace_replaces_the_secret_at_once(owner: Any, settings: Any) -> None
     assert signing_secrets(Subscription.objects.get(name="s"), timezone.now()) == [new]
 
 
+# -- item 5: the standard format and extra headers ---------------------------------------
+
+FAST_RETRIES = {
+    "ALLOWED_TARGETS": ["http://localhost:", "http://127.0.0.1:"],
+    "RETRY_BASE": 0.01,
+    "RETRY_CAP": 0.05,
+    "MAX_FAILURES": 5,
+}
+
+
+def test_standard_format_posts_each_change_in_order_as_standard_webhooks_messages(
+    api: Client, httpserver: HTTPServer
+) -> None:
+    receiver = Receiver()
+    secret = generate_secret()
+    created = put(
+        api, "std",
+        {"target": hook(httpserver, receiver, "POST"), "topics": ["shop.customer.*"],
+         "format": "standard", "secret": secret, "batch_size": 10},
+        status=201,
+    )  # fmt: skip
+    assert created["format"] == "standard"
+    first = Customer.objects.create(name="s0")
+    Customer.objects.create(name="s1")
+    Customer.objects.filter(pk=first.pk).update(name="s0-renamed")
+    drain(lambda: len(receiver.requests) >= 3)
+
+    messages = []
+    for request in receiver.requests:
+        # The official library verifies and parses each message unchanged.
+        message = standardwebhooks.Webhook(secret).verify(request.body, request.headers)
+        assert set(message) == {"type", "timestamp", "data"}
+        assert message["type"] == message["data"]["topic"]
+        assert message["timestamp"] == message["data"]["time"]
+        messages.append(message)
+    assert [(m["type"], m["data"]["new"]["name"]) for m in messages] == [
+        ("shop.customer.insert", "s0"),
+        ("shop.customer.insert", "s1"),
+        ("shop.customer.update", "s0-renamed"),
+    ]
+    positions = [tuple(map(int, m["data"]["id"].split("-"))) for m in messages]
+    assert positions == sorted(positions)
+    assert len({r.headers["Webhook-Id"] for r in receiver.requests}) == 3  # one id per change
+    assert (
+        list(Delivery.objects.order_by("id").values_list("count", "status_code")) == [(1, 204)] * 3
+    )
+    state = api.get("/pubsubpull/subscriptions/std/").json()
+    assert state["cursor"] >= messages[-1]["data"]["id"] and state["lag"] == 0
+    assert state["failures"] == 0
+
+
+@override_settings(PUBSUBPULL=FAST_RETRIES)
+def test_standard_format_retries_the_failed_change_with_its_id_and_never_resends_the_acknowledged(
+    api: Client, httpserver: HTTPServer
+) -> None:
+    receiver = Receiver(statuses=[204, 500, 503, 204, 204])
+    put(api, "std", {"target": hook(httpserver, receiver, "POST"), "format": "standard",
+                     "topics": ["shop.customer.*"]}, 201)  # fmt: skip
+    Customer.objects.create(name="a")
+    Customer.objects.create(name="b")
+    Customer.objects.create(name="c")
+    drain(lambda: len(receiver.requests) >= 5)
+
+    sent = [(r.headers["Webhook-Id"], r.payload["data"]["new"]["name"]) for r in receiver.requests]
+    assert [name for _, name in sent] == ["a", "b", "b", "b", "c"]  # "a" never again
+    assert sent[1][0] == sent[2][0] == sent[3][0]  # a retry carries the same webhook-id
+    assert len({sent[0][0], sent[1][0], sent[4][0]}) == 3
+    assert receiver.requests[1].body == receiver.requests[3].body
+    attempts = list(Delivery.objects.order_by("id").values_list("status_code", flat=True))
+    assert attempts == [204, 500, 503, 204, 204]
+    subscription = Subscription.objects.get(name="std")
+    assert (subscription.failures, subscription.batch_id) == (0, "")
+
+
+@dataclass
+class PausingReceiver(Receiver):
+    """Pauses subscription "std" while answering its first request."""
+
+    def __call__(self, request: Request) -> Response:
+        if not self.requests:
+            Subscription.objects.filter(name="std").pause()
+            connection.close()  # this server thread's own connection
+        return super().__call__(request)
+
+
+def test_standard_format_sends_no_more_of_the_batch_once_paused(
+    api: Client, httpserver: HTTPServer
+) -> None:
+    receiver = PausingReceiver()
+    target = hook(httpserver, receiver, "POST")
+    put(api, "std", {"target": target, "format": "standard", "topics": ["shop.customer.*"]}, 201)
+    for name in ("a", "b", "c"):
+        Customer.objects.create(name=name)
+    drain(lambda: Delivery.objects.exists())
+    drain(lambda: True)
+    assert [r.payload["data"]["new"]["name"] for r in receiver.requests] == ["a"]
+
+    put(api, "std", {"target": target, "format": "standard", "topics": ["shop.customer.*"],
+                     "status": "active"}, 200)  # fmt: skip
+    drain(lambda: len(receiver.requests) >= 3)
+    assert [r.payload["data"]["new"]["name"] for r in receiver.requests] == ["a", "b", "c"]
+
+
+def test_extra_headers_arrive_and_only_their_names_are_shown(
+    api: Client, httpserver: HTTPServer
+) -> None:
+    receiver = Receiver()
+    target = hook(httpserver, receiver)
+    token = "Bearer s3cret-token-value"
+    headers = {"Authorization": token, "X-Tenant": "acme"}
+    created = put(api, "hdr", {"target": target, "headers": headers}, 201)
+    assert created["headers"] == ["Authorization", "X-Tenant"]
+    stored = Subscription.objects.get(name="hdr")
+    assert token not in json.dumps(stored.headers)  # encrypted at rest
+    admin = "/admin/pubsubpull/subscription/"
+    for url in ("/pubsubpull/subscriptions/", "/pubsubpull/subscriptions/hdr/", admin,
+                f"{admin}{stored.pk}/change/"):  # fmt: skip
+        content = api.get(url).content.decode()
+        assert token not in content and stored.headers["Authorization"] not in content, url
+    assert "Authorization" in api.get(f"{admin}{stored.pk}/change/").content.decode()
+
+    Customer.objects.create(name="h")
+    drain(lambda: len(receiver.requests) >= 1)
+    headers = receiver.requests[0].headers
+    assert headers["Authorization"] == token and headers["X-Tenant"] == "acme"
+    assert headers["Content-Type"] == "application/json"
+
+    kept = put(api, "hdr", {"target": target}, 200)  # left out: kept, like the secret
+    assert kept["headers"] == ["Authorization", "X-Tenant"]
+    assert put(api, "hdr", {"target": target, "headers": {}}, 200)["headers"] == []
+    assert put(api, "hdr", {"target": target, "headers": None}, 200)["headers"] == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["Connection", "transfer-encoding", "Host", "Content-Length", "Content-Type", "TE",
+     "Upgrade", "Keep-Alive", "webhook-signature", "Webhook-Id", "WEBHOOK-TIMESTAMP"],
+)  # fmt: skip
+def test_hop_by_hop_and_signature_headers_are_refused_naming_the_header(
+    api: Client, name: str
+) -> None:
+    secret_value = "value-never-echoed"
+    answer = put(api, "bad", {"target": "http://localhost:8001/x",
+                              "headers": {name: secret_value}}, status=400)  # fmt: skip
+    assert list(answer["fields"]) == ["headers"]
+    assert repr(name) in answer["fields"]["headers"][0]
+    assert secret_value not in json.dumps(answer)
+    assert not Subscription.objects.exists()
+
+
 # -- the subscription API ----------------------------------------------------------------
 
 
@@ -266,6 +419,27 @@ def test_no_grace_replaces_the_secret_at_once(owner: Any, settings: Any) -> None
         ("payload", "none"),
         ("payload", None),
         ("payload", ["thin"]),
+        ("format", "soap"),
+        ("format", None),
+        ("format", 1),
+        ("headers", "Authorization: Bearer x"),
+        ("headers", ["Authorization", "x"]),
+        ("headers", 7),
+        ("headers", {"X-A": 1}),
+        ("headers", {"X-A": None}),
+        ("headers", {"X-A": ["a"]}),
+        ("headers", {"X-A": {"b": "c"}}),
+        ("headers", {"X-A": "a\r\nX-Injected: 1"}),
+        ("headers", {"X-A": "a\nb"}),
+        ("headers", {"X-A": " leading space"}),
+        ("headers", {"X-A": "é"}),
+        ("headers", {"X-A": "x" * 4001}),
+        ("headers", {"bad name": "x"}),
+        ("headers", {"X-A:": "x"}),
+        ("headers", {"": "x"}),
+        ("headers", {"X" * 101: "x"}),
+        ("headers", {"X-A": "a", "x-a": "b"}),
+        ("headers", {f"X-{i}": "v" for i in range(21)}),
     ],
 )
 def test_bad_delivery_options_are_400_naming_the_field(api: Client, field: str, value: Any) -> None:

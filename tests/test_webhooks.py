@@ -432,3 +432,28 @@ def test_receiver_with_a_list_of_secrets_handles_deliveries_signed_with_either(
     other = sign(generate_secret(), "m2", body)
     response = client.put("/rotating/", body, content_type="application/json", headers=other)
     assert response.status_code == 401 and len(Recorder.handled) == 1
+
+
+# -- the standard format (one change per message) ------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["post", "put"])
+def test_receiver_handles_a_standard_format_message_as_one_change(
+    client: Client, method: str
+) -> None:
+    change = {"id": "5-7", "topic": "shop.order.insert", "new": {"id": 1}}
+    body = json.dumps(
+        {"type": change["topic"], "timestamp": "2026-12-02T08:00:00+00:00", "data": change}
+    ).encode()
+    response = put(client, body, sign(SECRET, "std-1", body), method)
+    assert response.status_code == 204
+    assert Recorder.handled == [([change], json.loads(body))]
+
+
+def test_receiver_answers_400_for_a_standard_message_whose_data_is_not_a_change(
+    client: Client,
+) -> None:
+    body = json.dumps({"type": "x.y.z", "timestamp": "t", "data": [1]}).encode()
+    response = put(client, body, sign(SECRET, "std-2", body))
+    assert response.status_code == 400 and response.json()["error"] == "invalid_payload"
+    assert Recorder.handled == []
