@@ -344,18 +344,21 @@ def message_id(batch: Batch, change: str) -> str:
     return f"{batch.id}-{json.loads(change)['seq']}"
 
 
-def deliver_each(subscription: Subscription, batch: Batch) -> datetime | None:
+def deliver_each(
+    subscription: Subscription, batch: Batch, budget: float | None = None
+) -> datetime | None:
     """The standard format: POST the batch's changes one by one, in order.
 
     Each change is a message of its own (:func:`message_id`), recorded as an attempt;
     its 2xx moves the cursor past it, so a failure retries from that change: nothing
     acknowledged is sent again, and nothing later is sent before it. A subscription paused,
-    replayed or replaced meanwhile gets no more of the batch. After
-    ``DELIVERY_TIMEOUT`` seconds in all it stops for a turn (the rest stays in flight), so
-    a slow target holds a worker no longer than one batch does.
+    replayed or replaced meanwhile gets no more of the batch. After ``budget`` seconds
+    in all (default ``DELIVERY_TIMEOUT``) it stops for a turn (the rest stays in flight),
+    so a slow target holds a worker no longer than one batch does.
     """
     started = time.monotonic()
-    budget = float(conf.get("DELIVERY_TIMEOUT"))
+    if budget is None:
+        budget = float(conf.get("DELIVERY_TIMEOUT"))
     when: datetime | None = None
     in_flight = Subscription.objects.filter(
         pk=subscription.pk, batch_id=batch.id, status=Subscription.Status.ACTIVE

@@ -18,7 +18,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from werkzeug import Request, Response
 
 import pubsubpull
-from pubsubpull import reads
+from pubsubpull import delivery, reads
 from pubsubpull.delivery import fitting, signing_secrets
 from pubsubpull.models import Delivery, Subscription
 from pubsubpull.positions import START
@@ -325,6 +325,47 @@ def test_standard_format_retries_the_failed_change_with_its_id_and_never_resends
     assert attempts == [204, 500, 503, 204, 204]
     subscription = Subscription.objects.get(name="std")
     assert (subscription.failures, subscription.batch_id) == (0, "")
+
+
+def test_standard_format_stops_a_turn_when_its_time_is_up_and_keeps_the_rest_in_flight(
+    api: Client, httpserver: HTTPServer
+) -> None:
+    receiver = Receiver()
+    put(api, "std", {"target": hook(httpserver, receiver, "POST"), "format": "standard",
+                     "topics": ["shop.customer.*"], "status": "paused"}, 201)  # fmt: skip
+    for name in ("a", "b", "c"):
+        Customer.objects.create(name=name)
+    Subscription.objects.filter(name="std").resume()
+    subscription = Subscription.objects.select_related("owner").get(name="std")
+    batch = delivery.next_batch(subscription)
+    assert batch is not None and len(batch.changes) == 3
+    assert delivery.deliver_each(subscription, batch, budget=0) is not None
+    assert [r.payload["data"]["new"]["name"] for r in receiver.requests] == ["a"]
+
+    subscription.refresh_from_db()
+    assert subscription.batch_id == batch.id  # the rest is still in flight
+    rest = delivery.next_batch(subscription)
+    assert rest is not None and rest.id == batch.id and len(rest.changes) == 2
+    delivery.deliver_each(subscription, rest)
+    assert [r.payload["data"]["new"]["name"] for r in receiver.requests] == ["a", "b", "c"]
+    subscription.refresh_from_db()
+    assert subscription.batch_id == "" and subscription.cursor == str(batch.last)
+
+
+def test_a_replay_sends_the_changes_again_under_new_webhook_ids(
+    api: Client, httpserver: HTTPServer
+) -> None:
+    receiver = Receiver()
+    target = hook(httpserver, receiver, "POST")
+    body = {"target": target, "format": "standard", "topics": ["shop.customer.*"]}
+    start = put(api, "std", body, 201)["cursor"]
+    Customer.objects.create(name="a")
+    drain(lambda: len(receiver.requests) >= 1)
+    put(api, "std", {**body, "cursor": start}, 200)
+    drain(lambda: len(receiver.requests) >= 2)
+    first, again = receiver.requests[:2]
+    assert first.payload == again.payload
+    assert first.headers["Webhook-Id"] != again.headers["Webhook-Id"]
 
 
 @dataclass
