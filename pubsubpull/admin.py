@@ -95,18 +95,21 @@ class RequestAdmin(ReadOnlyAdmin):
 #: What a local subscriber's code sets (``@pubsubpull.on``, via ``local_subscribers.sync``).
 RECEIVER_FIELDS = ("owner", "name", "target", "topics", "filter")
 #: The fields the admin checks with the API's rules (:func:`subscriptions.validate`).
-VALIDATED_FIELDS = ("target", "topics", "filter", "batch_size", "cursor")
+VALIDATED_FIELDS = (
+    *("target", "topics", "filter", "batch_size", "max_bytes", "payload", "format"),
+    "cursor",
+)
 #: Fields whose change drops the batch in flight: the next batch follows the new terms
 #: (as :func:`subscriptions.save` does), or starts from the new cursor (a replay).
-TERMS_FIELDS = ("target", "topics", "filter", "cursor")
+TERMS_FIELDS = ("target", "topics", "filter", "max_bytes", "payload", "format", "cursor")
 
 
 class SubscriptionForm(forms.ModelForm):  # type: ignore[type-arg]
     """A subscription as the admin edits it, checked by the API's rules.
 
-    ``clean()`` passes the target, topics, filter, batch size and cursor to
-    :func:`subscriptions.validate` with the subscription's owner (the form's owner when it
-    edits one, i.e. on the add form), so the admin accepts what a PUT accepts: no local
+    ``clean()`` passes the target, topics, filter, batch size, byte cap, payload, format and
+    cursor to :func:`subscriptions.validate` with the subscription's owner (the form's owner
+    when it edits one, i.e. on the add form), so the admin accepts what a PUT accepts: no local
     receiver target (:data:`~pubsubpull.models.LOCAL_PREFIX`), no private or metadata
     address, only topics the owner may view.
     A new subscription also counts against the owner's ``PUBSUBPULL["MAX_SUBSCRIPTIONS"]``
@@ -116,7 +119,10 @@ class SubscriptionForm(forms.ModelForm):  # type: ignore[type-arg]
 
     class Meta:
         model = Subscription
-        fields = ["owner", "name", "target", "topics", "filter", "batch_size", "status", "cursor"]
+        fields = [
+            *("owner", "name", "target", "topics", "filter", "batch_size", "max_bytes"),
+            *("payload", "format", "status", "cursor"),
+        ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -189,6 +195,10 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "topics",
         "filter",
         "batch_size",
+        "max_bytes",
+        "payload",
+        "format",
+        "header_names",
         "status",
         "cursor",
         "lag",
@@ -200,6 +210,7 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "updated",
     ]
     readonly_fields = [
+        "header_names",
         "lag",
         "failures",
         "last_error",
@@ -257,6 +268,11 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         if "status" in form.changed_data and obj.status == Subscription.Status.ACTIVE:
             obj.clear_failures()  # resumed
         super().save_model(request, obj, form, change)
+
+    @admin.display(description="headers")
+    def header_names(self, subscription: Subscription) -> str:
+        # Names only: the values are credentials, encrypted at rest (set them by PUT).
+        return ", ".join(sorted(subscription.headers)) or "-"
 
     @admin.display(description="lag")
     def lag(self, subscription: Subscription) -> int | None:

@@ -155,8 +155,9 @@ def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[checks.Chec
 @checks.register()
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """One check per key of ``PUBSUBPULL``: E005 ALLOWED_TARGETS, E006 an EVENTS label
-    that is a tracked model, E008 POLL_INTERVAL, E009 limits, E010 REQUEST_QUERY and
-    REDACT_QUERY, E011 ``PUBSUBPULL`` not a dict, E012 unknown key, E013 TRACK,
+    that is a tracked model, E008 POLL_INTERVAL, E009 limits (MAX_BATCH_BYTES and
+    SECRET_ROTATION_GRACE too), E010 REQUEST_QUERY and REDACT_QUERY, E011
+    ``PUBSUBPULL`` not a dict, E012 unknown key, E013 TRACK,
     E014 EVENTS, E015 MAX_FAILURES, E016 RETRY_BASE and RETRY_CAP, E017
     DELIVERY_TIMEOUT, E018 MAX_WAIT, E019 SWEEP_INTERVAL, E020 PAGE_SIZE and
     MAX_PAGE_SIZE."""
@@ -354,12 +355,16 @@ LIMITS: dict[str, tuple[type, float, float]] = {
     "FILTER_TIMEOUT": (float, 0.01, 600),
     "MAX_SUBSCRIPTIONS": (int, 1, 1_000_000),
     "MAX_WAITING": (int, 0, 100_000),
+    # seconds a replaced secret still signs deliveries: 0 (none) to a year
+    "SECRET_ROTATION_GRACE": (float, 0, 365 * 86400),
 }
 
 
 def _check_limits(conf: Any) -> list[checks.CheckMessage]:
+    from .subscriptions import MAX_BYTES  # the bounds a subscription's max_bytes has
+
     errors: list[checks.CheckMessage] = []
-    for key, (kind, lesser, greater) in LIMITS.items():
+    for key, (kind, lesser, greater) in {**LIMITS, "MAX_BATCH_BYTES": (int, *MAX_BYTES)}.items():
         value = conf.get(key)
         types = int if kind is int else int | float
         if (

@@ -215,10 +215,20 @@ class Service:
         secret: str | None = None,
         status: str | None = None,
         cursor: str | None = None,
+        max_bytes: int | None = None,
+        payload: str | None = None,
+        format: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> JSON:
         """Create or replace subscription ``name``: the service PUTs matching changes to
         ``target``. Returns the subscription (never its secret); options left as None are
-        not sent (on a replace, the cursor, status and secret then stay as they were)."""
+        not sent (on a replace, the cursor, status and secret then stay as they were).
+
+        ``max_bytes`` caps a delivery's body (default: the service's
+        ``PUBSUBPULL["MAX_BATCH_BYTES"]``); ``payload="thin"`` sends changes without
+        ``old`` and ``new``; ``format="standard"`` POSTs each change as a Standard Webhooks
+        message; ``headers`` are sent with every delivery (kept on a replace that leaves
+        them out, ``{}`` removes them; the service shows their names only)."""
         body = {
             "target": target,
             "topics": topics,
@@ -227,6 +237,10 @@ class Service:
             "secret": secret,
             "status": status,
             "cursor": cursor,
+            "max_bytes": max_bytes,
+            "payload": payload,
+            "format": format,
+            "headers": headers,
         }
         return self._request(
             "PUT",

@@ -23,6 +23,10 @@ DEFAULTS: dict[str, Any] = {
     "RETRY_BASE": 1.0,
     "RETRY_CAP": 3600.0,
     "DELIVERY_TIMEOUT": 10.0,
+    # seconds a secret replaced by a PUT still signs deliveries (beside the new one)
+    "SECRET_ROTATION_GRACE": 86400.0,
+    # bytes of a delivery body, at most, for subscriptions that set no max_bytes
+    "MAX_BATCH_BYTES": 1_000_000,
     "MAX_WAIT": 30,
     "SWEEP_INTERVAL": 60,
     # seconds between two looks at the log's tail by each waiting process (wake-ups)
@@ -141,6 +145,16 @@ class Settings:
     def DELIVERY_TIMEOUT(self) -> float:
         """Seconds an HTTP delivery attempt may take, all included."""
         return cast(float, get("DELIVERY_TIMEOUT"))
+
+    @property
+    def SECRET_ROTATION_GRACE(self) -> float:
+        """Seconds a secret replaced by a PUT still signs deliveries, beside the new one."""
+        return cast(float, get("SECRET_ROTATION_GRACE"))
+
+    @property
+    def MAX_BATCH_BYTES(self) -> int:
+        """Bytes of a delivery body, at most, for subscriptions that set no ``max_bytes``."""
+        return cast(int, get("MAX_BATCH_BYTES"))
 
     @property
     def MAX_WAIT(self) -> float:

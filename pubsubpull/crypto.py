@@ -33,12 +33,13 @@ def encrypt(secret: str) -> str:
     return _fernet().encrypt(secret.encode()).decode()
 
 
-def decrypt(stored: str) -> str:
-    """The secret back from :func:`encrypt`."""
+def decrypt(stored: str, what: str = "secret") -> str:
+    """The secret back from :func:`encrypt`; ``what`` names it in the error (e.g. "header
+    'Authorization'")."""
     try:
         return _fernet().decrypt(stored.encode()).decode()
     except InvalidToken:
         raise SecretUnreadable(
-            "the subscription secret cannot be decrypted (SECRET_KEY changed?): "
-            "PUT the subscription again with its secret"
+            f"the subscription {what} cannot be decrypted (SECRET_KEY changed?): "
+            f"PUT the subscription again with its {what}"
         ) from None

@@ -25,7 +25,7 @@ from django.utils.module_loading import import_string
 from . import conf, reads, transport, webhooks
 from .crypto import decrypt
 from .models import LOCAL_PREFIX, Delivery, Subscription
-from .positions import Position
+from .positions import START, Position
 from .sql import load
 
 # First key of pubsubpull's advisory locks ("pspb"); the second is a subscription id
@@ -62,7 +62,8 @@ def _selection(subscription: Subscription) -> tuple[list[str], Position, list[st
 def pending(
     subscription: Subscription, limit: int, until: Position | None = None
 ) -> reads.ChangesPage:
-    """Up to ``limit`` visible changes after the subscription's cursor that it selects."""
+    """Up to ``limit`` visible changes after the subscription's cursor that it selects,
+    as it sends them (``payload``)."""
     labels, after, patterns, events = _selection(subscription)
     return reads.changes_page(
         labels,
@@ -72,6 +73,7 @@ def pending(
         events=events,
         filter=subscription.filter or None,
         until=until,
+        thin=subscription.payload == Subscription.Payload.THIN,
     )
 
 
@@ -94,7 +96,8 @@ def next_batch(subscription: Subscription) -> Batch | None:
     A caught-up subscription's cursor moves up to the horizon, so changes its topics
     or filter skip are not scanned again. A filter that selected nothing among the
     changes one read may examine moves the cursor past them and gives an empty batch:
-    call again for the next ones. Raises :class:`reads.QueryFailed` when the filter
+    call again for the next ones. A new batch holds what fits in the subscription's
+    body size (:func:`fitting`). Raises :class:`reads.QueryFailed` when the filter
     fails or takes too long.
     """
     if subscription.batch_end:
@@ -116,16 +119,58 @@ def next_batch(subscription: Subscription) -> Batch | None:
         if page.scanned_to is not None:
             return Batch("", [], after, cursor)
         return None
-    assert page.first is not None and page.last is not None
-    batch = Batch(uuid.uuid4().hex, page.results, page.first, page.last)
+    count = fitting(subscription, page.results)
+    batch = Batch(
+        uuid.uuid4().hex, page.results[:count], page.positions[0], page.positions[count - 1]
+    )
     Subscription.objects.filter(pk=subscription.pk).update(
         batch_id=batch.id, batch_end=str(batch.last)
     )
     return batch
 
 
+def max_bytes(subscription: Subscription) -> int:
+    """The most bytes a body of the subscription's may have."""
+    return subscription.max_bytes or int(conf.get("MAX_BATCH_BYTES"))
+
+
+def fitting(subscription: Subscription, changes: list[str]) -> int:
+    """How many of ``changes`` (change JSON texts) go in the next batch: those whose
+    :func:`body` stays within :func:`max_bytes`, and always the first (a change larger
+    than the cap goes alone, so it never blocks the subscription). A local subscriber
+    gets no body, and the standard format sends a body per change: all of them."""
+    if subscription.is_local or is_standard(subscription):
+        return len(changes)  # no body, or a body per change
+    cap = max_bytes(subscription)
+    size = len(body(subscription, Batch("", [], START, START)))  # the envelope
+    for count, change in enumerate(changes):
+        size += len(change.encode()) + (2 if count else 0)  # ", " between changes
+        if size > cap and count:
+            return count
+    return len(changes)
+
+
+def is_standard(subscription: Subscription) -> bool:
+    """Whether deliveries are Standard Webhooks messages, one POST per change."""
+    return subscription.format == Subscription.Format.STANDARD and not subscription.is_local
+
+
 def body(subscription: Subscription, batch: Batch) -> bytes:
-    """``{"subscription": name, "changes": [...]}`` around the JSON PostgreSQL built."""
+    """``{"subscription": name, "changes": [...]}`` around the JSON PostgreSQL built; in
+    the standard format (a batch of one change) ``{"type": topic, "timestamp": time,
+    "data": change}``."""
+    if is_standard(subscription):
+        (change,) = batch.changes
+        fields = json.loads(change)  # read for its topic and time; sent as PostgreSQL wrote it
+        return (
+            '{"type": '
+            + json.dumps(fields["topic"])
+            + ', "timestamp": '
+            + json.dumps(fields["time"])
+            + ', "data": '
+            + change
+            + "}"
+        ).encode()
     return (
         '{"subscription": '
         + json.dumps(subscription.name)
@@ -136,7 +181,8 @@ def body(subscription: Subscription, batch: Batch) -> bytes:
 
 
 def send(subscription: Subscription, batch: Batch) -> Attempt:
-    """Deliver one batch: HTTP PUT to the target, or a call of a local subscriber."""
+    """Deliver one batch: an HTTP request to the target (PUT; POST of its one change in
+    the standard format), or a call of a local subscriber."""
     started = time.monotonic()
     status: int | None = None
     error = ""
@@ -146,24 +192,49 @@ def send(subscription: Subscription, batch: Batch) -> Attempt:
             receiver([json.loads(change) for change in batch.changes])
             status = 200
         else:
-            status, error = _put(subscription, batch)
+            status, error = _http(subscription, batch)
     except Exception as exc:  # noqa: BLE001 - any failure (network, SSRF re-check, unreadable
         # secret, a local subscriber's exception) is a failed attempt, retried with backoff
         error = f"{type(exc).__name__}: {exc}"[:1000]
     return Attempt(status, error, timedelta(seconds=time.monotonic() - started))
 
 
-def _put(subscription: Subscription, batch: Batch) -> tuple[int, str]:
+def signing_secrets(subscription: Subscription, now: datetime) -> list[str]:
+    """The secrets that sign a delivery made at ``now``: the subscription's, then the one
+    it replaced while ``previous_secret_until`` has not passed; none when unsigned."""
+    if not subscription.secret:
+        return []
+    keys = [decrypt(subscription.secret)]
+    until = subscription.previous_secret_until
+    if subscription.previous_secret and until is not None and now < until:
+        keys.append(decrypt(subscription.previous_secret))
+    return keys
+
+
+def extra_headers(subscription: Subscription) -> dict[str, str]:
+    """The subscription's own request headers (``headers``), decrypted."""
+    return {
+        name: decrypt(value, f"header {name!r}") for name, value in subscription.headers.items()
+    }
+
+
+def _http(subscription: Subscription, batch: Batch) -> tuple[int, str]:
     data = body(subscription, batch)
     headers = {"Content-Type": "application/json", "User-Agent": "pubsubpull"}
-    if subscription.secret:
-        headers |= webhooks.sign(decrypt(subscription.secret), batch.id, data)
+    headers |= extra_headers(subscription)  # never hop-by-hop or webhook-* (subscriptions.py)
+    keys = signing_secrets(subscription, timezone.now())
+    if keys:
+        headers |= webhooks.sign(keys, batch.id, data)
     else:
         headers |= {"webhook-id": batch.id, "webhook-timestamp": str(int(time.time()))}
     # Connects to the address it checked (no second DNS answer), follows no redirect,
     # ends at DELIVERY_TIMEOUT in all and reads at most 64 KiB of the answer.
-    response = transport.put(
-        subscription.target, data, headers, float(conf.get("DELIVERY_TIMEOUT"))
+    response = transport.send(
+        "POST" if is_standard(subscription) else "PUT",
+        subscription.target,
+        data,
+        headers,
+        float(conf.get("DELIVERY_TIMEOUT")),
     )
     if 200 <= response.status < 300:
         return response.status, ""
@@ -183,12 +254,17 @@ def backoff(failures: int) -> timedelta:
     return timedelta(seconds=delay * random.uniform(0.5, 1.0))
 
 
-def record(subscription: Subscription, batch: Batch, attempt: Attempt) -> datetime | None:
+def record(
+    subscription: Subscription, batch: Batch, attempt: Attempt, part_of: Batch | None = None
+) -> datetime | None:
     """Store the attempt; on a 2xx advance the cursor in the same transaction.
 
-    Returns when to deliver again: now after a success (more may wait), the retry
-    time after a failure, None when the subscription stopped.
+    ``part_of``: the batch in flight, when ``batch`` is one change of it (the standard
+    format): a 2xx moves the cursor past that change and keeps the batch in flight until
+    its last change. Returns when to deliver again: now after a success (more may wait),
+    the retry time after a failure, None when the subscription stopped.
     """
+    flight = part_of or batch
     now = timezone.now()
     with transaction.atomic():
         Delivery.objects.create(
@@ -203,9 +279,12 @@ def record(subscription: Subscription, batch: Batch, attempt: Attempt) -> dateti
         )
         # Only the batch this attempt sent: a PUT that replayed or replaced the
         # subscription meanwhile wins.
-        in_flight = Subscription.objects.filter(pk=subscription.pk, batch_id=batch.id)
+        in_flight = Subscription.objects.filter(pk=subscription.pk, batch_id=flight.id)
+        if attempt.ok and batch.last < flight.last:
+            in_flight.delivered_change(batch.last, now)
+            return now
         if attempt.ok:
-            in_flight.delivered(batch.last, now)
+            in_flight.delivered(flight.last, now)
             return now
         updates, when = _failed(subscription, attempt, now)
         in_flight.update(**updates)
@@ -268,7 +347,49 @@ def deliver(subscription_id: int) -> datetime | None:
         return None
     if not batch.changes:
         return timezone.now()  # the filter skipped a stretch of changes: read on
+    if is_standard(subscription):
+        return deliver_each(subscription, batch)
     return record(subscription, batch, send(subscription, batch))
+
+
+def message_id(batch: Batch, change: str) -> str:
+    """The ``webhook-id`` of one change of a batch (the standard format): the same on every
+    retry of it, another when a replay reads the change into a new batch."""
+    return f"{batch.id}-{json.loads(change)['seq']}"
+
+
+def deliver_each(
+    subscription: Subscription, batch: Batch, budget: float | None = None
+) -> datetime | None:
+    """The standard format: POST the batch's changes one by one, in order.
+
+    Each change is a message of its own (:func:`message_id`), recorded as an attempt;
+    its 2xx moves the cursor past it, so a failure retries from that change: nothing
+    acknowledged is sent again, and nothing later is sent before it. A subscription paused,
+    replayed or replaced meanwhile gets no more of the batch. After ``budget`` seconds
+    in all (default ``DELIVERY_TIMEOUT``) it stops for a turn (the rest stays in flight),
+    so a slow target holds a worker no longer than one batch does.
+    """
+    started = time.monotonic()
+    if budget is None:
+        budget = float(conf.get("DELIVERY_TIMEOUT"))
+    when: datetime | None = None
+    in_flight = Subscription.objects.filter(
+        pk=subscription.pk, batch_id=batch.id, status=Subscription.Status.ACTIVE
+    )
+    for index, change in enumerate(batch.changes):
+        if index and not in_flight.exists():
+            break  # paused, replayed or replaced meanwhile: the rest is not to be sent now
+        position = Position.parse(json.loads(change)["id"])
+        message = Batch(message_id(batch, change), [change], position, position)
+        attempt = send(subscription, message)
+        when = record(subscription, message, attempt, part_of=batch)
+        if not attempt.ok:
+            return when
+        subscription.clear_failures()  # as recorded: the next failure counts from one
+        if time.monotonic() - started > budget:
+            break
+    return when
 
 
 @contextmanager

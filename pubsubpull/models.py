@@ -179,6 +179,12 @@ class SubscriptionQuerySet(models.QuerySet["Subscription"]):
         terms, is dropped."""
         return self.update(**terms, **_NO_BATCH)
 
+    def delivered_change(self, position: Position, at: datetime) -> int:
+        """One change of the batch in flight, at ``position``, was delivered ``at`` (the
+        standard format sends them one by one): the cursor moves there and the failures
+        are cleared; the rest of the batch stays in flight."""
+        return self.update(cursor=str(position), last_delivered=at, **_NO_FAILURES)
+
     def delivered(self, position: Position, at: datetime) -> int:
         """A batch up to ``position`` was delivered ``at``: the cursor moves there, the
         batch in flight and the failures are cleared."""
@@ -202,6 +208,14 @@ class Subscription(models.Model):
         FAILING = "failing"  # MAX_FAILURES reached: no attempts until resumed
         DISABLED = "disabled"  # the target answered 410 Gone
 
+    class Payload(models.TextChoices):
+        FULL = "full"  # each change as the pull API shows it
+        THIN = "thin"  # without "old" and "new": receivers GET the row if they need it
+
+    class Format(models.TextChoices):
+        BATCH = "batch"  # PUT of {"subscription", "changes"}
+        STANDARD = "standard"  # a POST per change of {"type", "timestamp", "data"}
+
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
@@ -217,7 +231,36 @@ class Subscription(models.Model):
     topics = models.JSONField(default=list, blank=True, help_text="topic patterns; [] is all")
     filter = models.TextField(blank=True, default="", help_text="SQL/JSON path on the change")
     batch_size = models.PositiveSmallIntegerField(default=DEFAULT_BATCH_SIZE)
+    max_bytes = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="largest body of a batch, in bytes; empty: PUBSUBPULL['MAX_BATCH_BYTES']",
+    )
+    payload = models.CharField(
+        max_length=10,
+        choices=Payload.choices,
+        default=Payload.FULL,
+        help_text="thin: changes without old and new",
+    )
+    format = models.CharField(
+        max_length=10,
+        choices=Format.choices,
+        default=Format.BATCH,
+        help_text="standard: one POST per change with the Standard Webhooks payload",
+    )
+    headers = models.JSONField(
+        default=dict,
+        blank=True,
+        editable=False,
+        help_text="extra request headers: name -> encrypted value",
+    )
     secret = models.TextField(blank=True, default="", editable=False, help_text="encrypted")
+    # The secret a PUT replaced: it signs deliveries too until previous_secret_until, so a
+    # receiver can switch to the new one without failed verifications.
+    previous_secret = models.TextField(
+        blank=True, default="", editable=False, help_text="encrypted"
+    )
+    previous_secret_until = models.DateTimeField(null=True, blank=True, editable=False)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
     cursor = models.CharField(
         max_length=41,

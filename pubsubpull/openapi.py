@@ -22,6 +22,12 @@ NAME = f"^{subscriptions.NAME.pattern}$"  # subscription names
 # Its words: the path parameter's and a 404's description.
 NAME_RULE = f"1-{subscriptions.NAME_LENGTH} letters, digits, `-` or `_`"
 BATCH_SIZE = {"minimum": subscriptions.BATCH_SIZE[0], "maximum": subscriptions.BATCH_SIZE[1]}
+MAX_BYTES = {"minimum": subscriptions.MAX_BYTES[0], "maximum": subscriptions.MAX_BYTES[1]}
+PAYLOAD = {"type": "string", "enum": list(Subscription.Payload.values)}
+FORMAT = {"type": "string", "enum": list(Subscription.Format.values)}
+# What pubsubpull.subscriptions accepts as a header name and value.
+HEADER_NAME = f"^{subscriptions.HEADER_NAME.pattern}$"
+HEADER_VALUE = f"^{subscriptions.HEADER_VALUE.pattern}$"
 # What pubsubpull.ssrf checks before looking at the host: an http(s) URL of printable
 # ASCII without backslash or fragment. Whether the host may be sent to is not syntax.
 TARGET = r'^[Hh][Tt][Tt][Pp][Ss]?://[!"$-\[\]-~]+$'
@@ -189,13 +195,14 @@ def _paths() -> dict[str, Any]:
                 "operationId": "put_subscription",
                 "summary": "Create or replace one of the caller's subscriptions",
                 "description": (
-                    "Changes are delivered by HTTP PUT to `target` in batches, signed with "
-                    "`secret` (Standard Webhooks). Replacing keeps `cursor`, `status` and "
-                    "`secret` unless the body sets them; `topics`, `filter` and `batch_size` "
-                    "take their defaults when left out. Setting `status` pauses or resumes "
-                    "(`active` also clears failures); setting `cursor` replays from there. "
-                    "Authenticated by the session cookie, the request needs Django's CSRF "
-                    "token."
+                    "Changes are delivered by HTTP PUT to `target` in batches (or one POST "
+                    "per change: `format`), signed with `secret` (Standard Webhooks). "
+                    "Replacing keeps `cursor`, `status`, `secret` and `headers` unless the "
+                    "body sets them; `topics`, `filter`, `batch_size`, `max_bytes`, `payload` "
+                    "and `format` take their defaults when left out. Setting `status` pauses "
+                    "or resumes (`active` also clears failures); setting `cursor` replays "
+                    "from there. Authenticated by the session cookie, the request needs "
+                    "Django's CSRF token."
                 ),
                 "requestBody": {
                     "required": True,
@@ -400,12 +407,52 @@ SCHEMAS: dict[str, Any] = {
                 "examples": ["$.new.total > 100"],
             },
             "batch_size": {"type": "integer", **BATCH_SIZE, "default": DEFAULT_BATCH_SIZE},
+            "max_bytes": {
+                "type": ["integer", "null"],
+                **MAX_BYTES,
+                "default": None,
+                "description": "The largest body of a delivery, in bytes: a batch ends before "
+                "its body would be larger (a single larger change goes alone). null: "
+                "`PUBSUBPULL['MAX_BATCH_BYTES']`.",
+            },
+            "payload": {
+                **PAYLOAD,
+                "default": Subscription.Payload.FULL.value,
+                "description": "`thin`: each change without `old` and `new` (the filter still "
+                "sees them), for receivers that GET the row.",
+            },
+            "format": {
+                **FORMAT,
+                "default": Subscription.Format.BATCH.value,
+                "description": '`batch`: a PUT of `{"subscription", "changes"}` per batch. '
+                "`standard`: a POST per change, in order, of the Standard Webhooks payload "
+                '`{"type": topic, "timestamp": time, "data": change}`, each with a '
+                "`webhook-id` of its own (the same on retries); the cursor moves past each "
+                "change on its 2xx, and `max_bytes` does not apply.",
+            },
+            "headers": {
+                "type": ["object", "null"],
+                "maxProperties": subscriptions.MAX_HEADERS,
+                "propertyNames": {"pattern": HEADER_NAME},
+                "additionalProperties": {"type": "string", "pattern": HEADER_VALUE},
+                "writeOnly": True,
+                "description": "Extra request headers of every delivery, e.g. "
+                '`{"Authorization": "Bearer ..."}`: encrypted at rest, never shown back '
+                "(`headers` in the subscription lists their names). Kept when left out; null "
+                "or `{}` for none. Refused: hop-by-hop headers ("
+                + ", ".join(f"`{name}`" for name in subscriptions.HOP_BY_HOP_HEADERS)
+                + "), the ones pubsubpull sets ("
+                + ", ".join(f"`{name}`" for name in subscriptions.SENDER_HEADERS)
+                + f") and `{subscriptions.SIGNATURE_PREFIX}*`; names are case-insensitive.",
+            },
             "secret": {
                 "type": ["string", "null"],
                 "writeOnly": True,
                 "description": "Signs deliveries (Standard Webhooks): `whsec_` and base64, "
                 "e.g. from `pubsubpull.webhooks.generate_secret()`; null or empty for unsigned. "
-                "Never shown back.",
+                "Never shown back. Another secret than the current one rotates it: the old one "
+                "signs deliveries too (a second signature) for "
+                "`PUBSUBPULL['SECRET_ROTATION_GRACE']` seconds, see `previous_secret_until`.",
             },
             "status": {
                 "type": "string",
@@ -425,7 +472,8 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "description": "A subscription as its owner sees it: never its secret",
         "required": [
-            *("name", "target", "topics", "filter", "batch_size", "signed", "status"),
+            *("name", "target", "topics", "filter", "batch_size", "max_bytes", "payload"),
+            *("format", "headers", "signed", "previous_secret_until", "status"),
             *("cursor", "lag", "failures", "last_error", "next_attempt", "last_delivered"),
             *("created", "updated"),
         ],
@@ -436,7 +484,24 @@ SCHEMAS: dict[str, Any] = {
             "topics": {"type": "array", "items": {"type": "string"}},
             "filter": {"type": ["string", "null"]},
             "batch_size": {"type": "integer", **BATCH_SIZE},
+            "max_bytes": {
+                "type": ["integer", "null"],
+                **MAX_BYTES,
+                "description": "null: `PUBSUBPULL['MAX_BATCH_BYTES']`",
+            },
+            "payload": PAYLOAD,
+            "format": FORMAT,
+            "headers": {
+                "type": "array",
+                "items": {"type": "string", "pattern": HEADER_NAME},
+                "description": "The names of its extra request headers (never their values)",
+            },
             "signed": {"type": "boolean", "description": "Whether it has a secret"},
+            "previous_secret_until": {
+                **NULLABLE_TIME,
+                "description": "While a secret replaced by a PUT still signs deliveries "
+                "beside the new one (`webhook-signature: v1,<new> v1,<old>`): until then",
+            },
             "status": {
                 "type": "string",
                 "enum": list(Subscription.Status.values),

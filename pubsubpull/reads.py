@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg.errors
@@ -46,6 +46,7 @@ class ChangesPage:
     horizon: int  # pg_snapshot_xmin when the page was read
     # a filtered read stopped at its scan limit: the last change it examined
     scanned_to: Position | None = None
+    positions: list[Position] = field(default_factory=list)  # of each result
 
     def cursor(self, after: Position, limit: int) -> Position:
         """Where the next read continues.
@@ -98,9 +99,11 @@ def changes_page(
     events: bool = False,
     filter: str | None = None,
     until: Position | None = None,
+    thin: bool = False,
 ) -> ChangesPage:
     """Changes after ``after`` (up to ``until``) below the horizon, of these model labels
-    (and custom events if ``events``), topic patterns and jsonpath ``filter``.
+    (and custom events if ``events``), topic patterns and jsonpath ``filter``; ``thin``:
+    each without ``old`` and ``new`` (the filter still sees them).
 
     A read with topics or a filter runs under ``PUBSUBPULL["FILTER_TIMEOUT"]``; a filter
     that fails or a read that takes too long raises :class:`QueryFailed`.
@@ -112,16 +115,18 @@ def changes_page(
         "filter": filter or None,
         "scan_limit": max(limit, SCAN_LIMIT) if filter else None,
         "limit": limit,
+        "thin": thin,
     }
     query = render("changes_page", matches=load("filter_matches"), visible=load("changes_visible"))
     with reader_cursor(connections[using], bool(patterns or filter)) as cursor:
         cursor.execute(query, params)
         rows = cursor.fetchall()
     results = [doc for _, _, position, doc in rows if position is not None]
-    first = Position.parse(rows[0][2]) if results else None
-    last = Position.parse(rows[-1][2]) if results else None
+    positions = [Position.parse(position) for _, _, position, _ in rows if position is not None]
+    first = positions[0] if positions else None
+    last = positions[-1] if positions else None
     scanned_to = Position.parse(rows[0][1]) if rows[0][1] else None
-    return ChangesPage(results, first, last, int(rows[0][0]), scanned_to)
+    return ChangesPage(results, first, last, int(rows[0][0]), scanned_to, positions)
 
 
 def count_changes(

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import timedelta
 from typing import Any
 
 from django.db import connection, transaction
+from django.utils import timezone
 
 from . import conf, events, reads, registry, ssrf, topics, webhooks
-from .crypto import encrypt
+from .crypto import SecretUnreadable, decrypt, encrypt
 from .delivery import pending_count
 from .models import DEFAULT_BATCH_SIZE, Subscription
 from .positions import InvalidPosition, Position
@@ -18,7 +20,45 @@ from .sql import load, render
 NAME_LENGTH = 100  # characters of a subscription name, at most
 NAME = re.compile(rf"[-a-zA-Z0-9_]{{1,{NAME_LENGTH}}}")
 BATCH_SIZE = (1, 1000)  # the least and the most changes a batch may be asked to hold
-FIELDS = {"target", "topics", "filter", "batch_size", "secret", "status", "cursor"}
+# The least and the most bytes a delivery body may be capped at (a subscription's
+# max_bytes, PUBSUBPULL["MAX_BATCH_BYTES"]): room for a change or two, and no more than
+# a worker should hold in memory for one request.
+MAX_BYTES = (1000, 100_000_000)
+FIELDS = {
+    *("target", "topics", "filter", "batch_size", "max_bytes", "payload", "format"),
+    *("headers", "secret", "status", "cursor"),
+}
+# Extra request headers (a subscription's "headers"): how many, and what names and values
+# look like. A name is an RFC 9110 token; a value printable ASCII starting with a visible
+# character (no line break: no header injection).
+MAX_HEADERS = 20
+HEADER_NAME = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]{1,100}")
+HEADER_VALUE = re.compile(r"(?:[!-~][\t -~]{0,3999})?")
+# Headers a subscription may not set (lower case): about the connection, not the
+# delivery (hop-by-hop), or set by pubsubpull on every delivery.
+HOP_BY_HOP_HEADERS = (
+    *("connection", "keep-alive", "proxy-connection", "proxy-authenticate"),
+    *("proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"),
+)
+SENDER_HEADERS = (
+    *("host", "content-length", "content-type", "content-encoding", "accept-encoding"),
+    "expect",
+)
+REFUSED_HEADERS = {
+    **dict.fromkeys(HOP_BY_HOP_HEADERS, "a hop-by-hop header, about the connection"),
+    **dict.fromkeys(SENDER_HEADERS, "set by pubsubpull on every delivery"),
+}
+SIGNATURE_PREFIX = "webhook-"  # webhook-id, -timestamp, -signature: pubsubpull's to set
+# What a PUT leaves out takes these values; fields not here (secret, headers, status,
+# cursor) keep theirs when a subscription is replaced.
+DEFAULTS: dict[str, Any] = {
+    "topics": [],
+    "filter": "",
+    "batch_size": DEFAULT_BATCH_SIZE,
+    "max_bytes": None,
+    "payload": Subscription.Payload.FULL,
+    "format": Subscription.Format.BATCH,
+}
 LAG_CAP = 10_000
 OWNER_LOCKS = 0x70737073  # first key of the advisory lock taken to create ("psps")
 # What a filter is tried on when saved: a change document with every key a change has.
@@ -68,6 +108,10 @@ def validate(owner: Any, data: Any) -> dict[str, Any]:
     check("topics", lambda value: _topics(owner, value))
     check("filter", _filter)
     check("batch_size", _batch_size)
+    check("max_bytes", _max_bytes)
+    check("payload", _payload)
+    check("format", _format)
+    check("headers", _headers)
     check("secret", _secret)
     check("status", _status)
     check("cursor", _cursor)
@@ -133,6 +177,75 @@ def _batch_size(value: Any) -> int:
     return value
 
 
+def _max_bytes(value: Any) -> int | None:
+    """None (or absent): ``PUBSUBPULL["MAX_BATCH_BYTES"]`` when the batch is made."""
+    if value is None:
+        return None
+    least, most = MAX_BYTES
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+        raise ValueError(
+            f"must be an integer from {least} to {most} (bytes of a delivery body), or null "
+            "for PUBSUBPULL['MAX_BATCH_BYTES']"
+        )
+    return value
+
+
+def _payload(value: Any) -> str:
+    if value not in Subscription.Payload.values:
+        raise ValueError(
+            "must be 'full' (changes with old and new) or 'thin' (without them: receivers "
+            "GET the row)"
+        )
+    return str(value)
+
+
+def _format(value: Any) -> str:
+    if value not in Subscription.Format.values:
+        raise ValueError(
+            "must be 'batch' (a PUT of {\"subscription\", \"changes\"}) or 'standard' (a POST "
+            'per change of the Standard Webhooks payload {"type", "timestamp", "data"})'
+        )
+    return str(value)
+
+
+def _headers(value: Any) -> dict[str, str]:
+    """Extra request headers, ``{name: value}``: the values encrypted, as stored. Error
+    messages name headers, never show values (they are credentials)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError('must be an object of header name -> value, e.g. {"Authorization": "..."}')
+    if len(value) > MAX_HEADERS:
+        raise ValueError(f"has {len(value)} headers, more than {MAX_HEADERS}")
+    stored: dict[str, str] = {}
+    seen: set[str] = set()
+    for name, text in value.items():
+        lower = name.lower()
+        if not HEADER_NAME.fullmatch(name):
+            raise ValueError(
+                f"{name[:100]!r} is not a header name: 1 to 100 letters, digits or !#$%&'*+-.^_`|~"
+            )
+        if lower in REFUSED_HEADERS:
+            raise ValueError(f"{name!r} may not be set: {REFUSED_HEADERS[lower]}")
+        if lower.startswith(SIGNATURE_PREFIX):
+            raise ValueError(
+                f"{name!r} may not be set: webhook-* are the Standard Webhooks headers "
+                "pubsubpull signs each delivery with"
+            )
+        if lower in seen:
+            raise ValueError(f"{name!r} is given twice (header names ignore case)")
+        seen.add(lower)
+        if not isinstance(text, str):
+            raise TypeError(f"the value of {name!r} must be a string")
+        if not HEADER_VALUE.fullmatch(text):
+            raise ValueError(
+                f"the value of {name!r} must be printable ASCII, at most 4000 characters, "
+                "starting with a visible one (no line breaks)"
+            )
+        stored[name] = encrypt(text)
+    return stored
+
+
 def _secret(value: Any) -> str:
     if value is None or value == "":
         return ""
@@ -161,9 +274,9 @@ def save(owner: Any, name: str, values: dict[str, Any]) -> tuple[Subscription, b
     """Create or replace the owner's subscription; returns it and whether it is new.
 
     Replacing keeps the cursor, status and secret unless the body sets them; setting
-    ``status`` to ``active`` also clears failures (resume), setting ``cursor`` replays.
+    ``status`` to ``active`` also clears failures (resume), setting ``cursor`` replays,
+    setting another secret rotates it (:func:`set_secret`).
     """
-    defaults = {"topics": [], "filter": "", "batch_size": DEFAULT_BATCH_SIZE}
     with transaction.atomic():
         subscription = Subscription.objects.select_for_update().filter(owner=owner, name=name)
         existing = subscription.first()
@@ -171,13 +284,46 @@ def save(owner: Any, name: str, values: dict[str, Any]) -> tuple[Subscription, b
         if existing is None:
             check_room(owner)
             existing = Subscription(owner=owner, name=name, cursor=str(reads.now()))
-        for field, value in {**defaults, **values}.items():
+        changes = {**DEFAULTS, **values}
+        if "secret" in changes:
+            set_secret(existing, changes.pop("secret"))
+        for field, value in changes.items():
             setattr(existing, field, value)
         if values.get("status") == Subscription.Status.ACTIVE or created:
             existing.clear_failures()  # resumed
         existing.drop_batch()  # the next batch follows the new terms
         existing.save()
     return existing, created
+
+
+def set_secret(subscription: Subscription, stored: str) -> None:
+    """Give ``subscription`` the secret ``stored`` (encrypted; empty: unsigned), before
+    ``save()``.
+
+    A new secret replacing another keeps the old one signing too for
+    ``PUBSUBPULL["SECRET_ROTATION_GRACE"]`` seconds (deliveries then carry both
+    signatures), so the receiver can switch without failed verifications. The same secret
+    again changes nothing (a rotation under way goes on); no secret ends any rotation.
+    """
+    old = _readable_secret(subscription.secret)
+    if old and stored and old == decrypt(stored):
+        return
+    grace = conf.settings.SECRET_ROTATION_GRACE
+    if old and stored and grace > 0:
+        subscription.previous_secret = subscription.secret
+        subscription.previous_secret_until = timezone.now() + timedelta(seconds=grace)
+    else:
+        subscription.previous_secret, subscription.previous_secret_until = "", None
+    subscription.secret = stored
+
+
+def _readable_secret(stored: str) -> str:
+    """The secret back, or "" when there is none or it cannot be decrypted (it could not
+    sign either: SECRET_KEY changed)."""
+    try:
+        return decrypt(stored) if stored else ""
+    except SecretUnreadable:
+        return ""
 
 
 def check_room(owner: Any) -> None:
@@ -212,13 +358,22 @@ def lag(subscription: Subscription) -> int | None:
 
 def as_json(subscription: Subscription) -> dict[str, Any]:
     """What the API shows of a subscription: never the secret."""
+    rotation = subscription.previous_secret_until
     return {
         "name": subscription.name,
         "target": subscription.target,
         "topics": subscription.topics,
         "filter": subscription.filter or None,
         "batch_size": subscription.batch_size,
+        "max_bytes": subscription.max_bytes,
+        "payload": subscription.payload,
+        "format": subscription.format,
+        "headers": sorted(subscription.headers),  # their names: the values are credentials
         "signed": bool(subscription.secret),
+        # while a replaced secret still signs deliveries too
+        "previous_secret_until": _time(
+            rotation if rotation and rotation > timezone.now() else None
+        ),
         "status": subscription.status,
         "cursor": subscription.cursor,
         "lag": lag(subscription),

@@ -1,6 +1,7 @@
 """HTTP transport for webhook deliveries: a checked address, a total deadline, a capped answer.
 
-:func:`put` sends one delivery. It differs from a plain ``requests.put`` in three ways:
+:func:`send` sends one delivery (:func:`put` and :func:`post` name its method). It differs
+from a plain ``requests.request`` in three ways:
 
 * Pinning. The target is checked and its host resolved once
   (:func:`pubsubpull.ssrf.check_at_delivery`), and the connection goes to an address that
@@ -45,11 +46,13 @@ __all__ = [
     "DeliveryTimeout",
     "PinnedAdapter",
     "Response",
+    "post",
     "put",
+    "send",
     "session",
 ]
 
-#: How much of a response body :func:`put` reads; the rest is never read.
+#: How much of a response body :func:`send` reads; the rest is never read.
 MAX_RESPONSE_BYTES = 65536
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -72,7 +75,7 @@ class Response:
 def session() -> requests.Session:
     """This thread's HTTP session for deliveries: keep-alive, with a :class:`PinnedAdapter`.
 
-    Requests sent through it outside :func:`put` are refused (no address was checked).
+    Requests sent through it outside :func:`send` are refused (no address was checked).
     """
     current: requests.Session | None = getattr(_local, "session", None)
     if current is None:
@@ -95,7 +98,18 @@ def session() -> requests.Session:
 
 
 def put(url: str, data: bytes, headers: dict[str, str], timeout: float) -> Response:
-    """PUT ``data`` to ``url``; return the status and at most the first 64 KiB of the body.
+    """PUT ``data`` to ``url``: :func:`send` with method PUT."""
+    return send("PUT", url, data, headers, timeout)
+
+
+def post(url: str, data: bytes, headers: dict[str, str], timeout: float) -> Response:
+    """POST ``data`` to ``url``: :func:`send` with method POST."""
+    return send("POST", url, data, headers, timeout)
+
+
+def send(method: str, url: str, data: bytes, headers: dict[str, str], timeout: float) -> Response:
+    """Send ``data`` to ``url`` with ``method``; return the status and at most the first
+    64 KiB of the body.
 
     ``url`` is checked and its host resolved once; the connection goes to the first
     address the check accepted, or the next one only when connecting to it fails.
@@ -110,7 +124,7 @@ def put(url: str, data: bytes, headers: dict[str, str], timeout: float) -> Respo
     """
     deadline = _Deadline(float(timeout))
     try:
-        response = _put_checked(ssrf.check_at_delivery(url), data, headers, deadline)
+        response = _send_checked(method, ssrf.check_at_delivery(url), data, headers, deadline)
     except requests.RequestException as error:
         # A socket timeout ends at the deadline, and a socket the watchdog shut down shows
         # up as a broken connection: both are the deadline.
@@ -125,7 +139,7 @@ def put(url: str, data: bytes, headers: dict[str, str], timeout: float) -> Respo
 
 
 class PinnedAdapter(HTTPAdapter):
-    """Connects to the address :func:`put` checked, with the deadline of that put.
+    """Connects to the address :func:`send` checked, with the deadline of that send.
 
     Connection pools are keyed by the checked IP address (and, for https, the host name the
     certificate must match), so a kept-alive connection is reused only to that address.
@@ -190,7 +204,7 @@ class PinnedAdapter(HTTPAdapter):
 
 
 class _Deadline:
-    """The deadline of one :func:`put`: when it passes, shut down the sockets in use.
+    """The deadline of one :func:`send`: when it passes, shut down the sockets in use.
 
     A socket timeout restarts with every byte received, so a target trickling bytes never
     triggers one; shutting the socket down from a timer thread ends any pending connect,
@@ -276,8 +290,12 @@ _attempt: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar(
 )
 
 
-def _put_checked(
-    destination: ssrf.Destination, data: bytes, headers: dict[str, str], deadline: _Deadline
+def _send_checked(
+    method: str,
+    destination: ssrf.Destination,
+    data: bytes,
+    headers: dict[str, str],
+    deadline: _Deadline,
 ) -> Response:
     """Send to the checked addresses in turn until one accepts the connection."""
     last = len(destination.addresses) - 1
@@ -285,7 +303,7 @@ def _put_checked(
         attempt = _Attempt(destination, address, deadline)
         token = _attempt.set(attempt)
         try:
-            return _send(destination.url, data, headers)
+            return _send(method, destination.url, data, headers)
         except requests.ConnectionError:
             # Like socket.create_connection: try the next address only if nothing was sent.
             if attempt.connected or index == last or deadline.remaining() <= 0:
@@ -295,9 +313,15 @@ def _put_checked(
     raise AssertionError("check_at_delivery returns at least one address")
 
 
-def _send(url: str, data: bytes, headers: dict[str, str]) -> Response:
-    with session().put(
-        url, data=data, headers=headers, allow_redirects=False, stream=True, verify=_ca_bundle()
+def _send(method: str, url: str, data: bytes, headers: dict[str, str]) -> Response:
+    with session().request(
+        method,
+        url,
+        data=data,
+        headers=headers,
+        allow_redirects=False,
+        stream=True,
+        verify=_ca_bundle(),
     ) as r:
         # Closing the response (leaving the block) closes the connection unless the body
         # was read to its end, so an unread rest is never drained nor left for the next put.

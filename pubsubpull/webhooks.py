@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import secrets
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -108,8 +109,16 @@ def _webhook(secret: str) -> Webhook:
         ) from exc
 
 
+def _secrets(secret: str | Sequence[str]) -> list[str]:
+    """One secret, or several (a rotation), as a non-empty list."""
+    keys = [secret] if isinstance(secret, str) else list(secret)
+    if not keys:
+        raise InvalidSecret("no webhook secret given: pass one, or a list of them")
+    return keys
+
+
 def sign(
-    secret: str,
+    secret: str | Sequence[str],
     message_id: str,
     body: bytes | str,
     timestamp: datetime | None = None,
@@ -119,7 +128,10 @@ def sign(
     Returns ``{"webhook-id", "webhook-timestamp", "webhook-signature"}``. Keep
     ``message_id`` the same across retries of one batch (receivers dedupe on it); the
     timestamp (default: now, whole seconds) is signed too, so each attempt is signed
-    anew. ``body`` must be the exact bytes sent, UTF-8 encoded.
+    anew. ``body`` must be the exact bytes sent, UTF-8 encoded. With a list of secrets
+    (during a rotation: the new one first) the signature holds one ``v1,<base64>`` per
+    secret, separated by spaces, as the Standard Webhooks spec allows; a receiver with
+    any one of them verifies it.
     """
     if not message_id or any(c.isspace() for c in message_id):
         raise ValueError(f"message id {message_id!r} must be non-empty and without whitespace")
@@ -129,7 +141,10 @@ def sign(
         raise ValueError("timestamp must be timezone-aware: use django.utils.timezone.now()")
     seconds = math.floor(timestamp.timestamp())
     text = body.decode("utf-8") if isinstance(body, bytes) else body
-    signature = _webhook(secret).sign(message_id, datetime.fromtimestamp(seconds, UTC), text)
+    signed_at = datetime.fromtimestamp(seconds, UTC)
+    signature = " ".join(
+        _webhook(key).sign(message_id, signed_at, text) for key in _secrets(secret)
+    )
     return {
         "webhook-id": message_id,
         "webhook-timestamp": str(seconds),
@@ -137,16 +152,19 @@ def sign(
     }
 
 
-def verify(request: HttpRequest, secret: str) -> Any:
+def verify(request: HttpRequest, secret: str | Sequence[str]) -> Any:
     """Check a delivery's signature and timestamp; return its parsed JSON body.
 
-    The body of a pubsubpull delivery is ``{"subscription": name, "changes": [...]}``.
+    ``secret`` may be a list: the delivery is accepted when it is signed with any of them
+    (rotating a receiver's secret: list the new and the old one until the sender has
+    switched). The body of a pubsubpull delivery is ``{"subscription": name,
+    "changes": [...]}``.
     Raises :class:`InvalidSignature` (missing headers, a signature that does not match,
     a timestamp more than :data:`TOLERANCE` away from now), :class:`InvalidPayload` when
     the signed body is not UTF-8 JSON, :class:`InvalidSecret` for an unusable secret, and
     Django's ``RequestDataTooBig`` for a body over ``DATA_UPLOAD_MAX_MEMORY_SIZE``.
     """
-    webhook = _webhook(secret)
+    webhooks = [_webhook(key) for key in _secrets(secret)]
     headers = {name: request.headers.get(name, "") for name in HEADERS}
     missing = [name for name, value in headers.items() if not value]
     if missing:
@@ -156,24 +174,44 @@ def verify(request: HttpRequest, secret: str) -> Any:
         text = request.body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidPayload(f"body is not UTF-8: {exc}") from exc
-    try:
-        webhook.verify(text, headers, json_parse=False)
-    except WebhookVerificationError as exc:
-        reason = str(exc)
+    for webhook in webhooks:
+        try:
+            webhook.verify(text, headers, json_parse=False)
+            break
+        except WebhookVerificationError as exc:
+            failure = exc  # the timestamp, or no signature of this secret: try the next
+        except ValueError as exc:  # the library's parsing of a malformed signature header
+            raise InvalidSignature(
+                "malformed webhook-signature header: expected 'v1,<base64>'"
+            ) from exc
+    else:
+        reason = str(failure)
         if "timestamp too" in reason:
             reason += (
                 f" (more than {TOLERANCE} from this server's clock): "
                 "check both clocks, or this is a replayed message"
             )
-        raise InvalidSignature(reason) from exc
-    except ValueError as exc:  # the library's parsing of a malformed signature header
-        raise InvalidSignature(
-            "malformed webhook-signature header: expected 'v1,<base64>'"
-        ) from exc
+        raise InvalidSignature(reason) from failure
     try:
         return json.loads(text)
     except ValueError as exc:
         raise InvalidPayload(f"body is not JSON: {exc}") from exc
+
+
+def _changes(payload: Any) -> list[dict[str, Any]] | None:
+    """The changes of a delivery's body: a batch's, or the one change of a message in the
+    standard format; None when it is neither."""
+    if not isinstance(payload, dict):
+        return None
+    if "changes" in payload:
+        changes = payload["changes"]
+    elif {"type", "timestamp", "data"} <= payload.keys():
+        changes = [payload["data"]]
+    else:
+        return None
+    if isinstance(changes, list) and all(isinstance(c, dict) for c in changes):
+        return changes
+    return None
 
 
 def _error(status: int, error: str, detail: str) -> JsonResponse:
@@ -184,7 +222,8 @@ def _error(status: int, error: str, detail: str) -> JsonResponse:
 class ReceiverView(View):
     """A ready endpoint for the subscribing service: verify, dedupe, then :meth:`handle`.
 
-    Subclass it, set :attr:`secret` (or override :meth:`get_secret`) and implement
+    Subclass it, set :attr:`secret` (or override :meth:`get_secret`; a list of secrets
+    accepts deliveries signed with any of them, for a rotation) and implement
     ``handle(self, changes, payload)``; ``self.request`` is the request::
 
         class OrderChanges(ReceiverView):
@@ -194,7 +233,8 @@ class ReceiverView(View):
                 for change in changes:
                     ...
 
-    Deliveries are HTTP PUT (POST is accepted too); CSRF does not apply. Answers:
+    Deliveries are HTTP PUT (POST in the standard format; either is accepted); CSRF does
+    not apply. Answers:
 
     - 204 when ``handle`` returned, and for a ``webhook-id`` already handled
       (``handle`` is not called again);
@@ -216,8 +256,9 @@ class ReceiverView(View):
 
     http_method_names = ["put", "post"]
 
-    #: The subscription's secret (``whsec_...``); or override :meth:`get_secret`.
-    secret: str = ""
+    #: The subscription's secret (``whsec_...``), or a list of them (any one verifies: while
+    #: rotating, the new and the old); or override :meth:`get_secret`.
+    secret: str | Sequence[str] = ""
     #: The cache (alias in ``CACHES``) remembering handled message ids.
     cache_alias: str = "default"
     #: Seconds a handled id is remembered. A signed message verifies while the clock is
@@ -227,8 +268,9 @@ class ReceiverView(View):
     #: Seconds a message being handled blocks copies of itself (longest expected handle).
     lock_timeout: int = 60
 
-    def get_secret(self, request: HttpRequest) -> str:
-        """The secret to check ``request`` with: :attr:`secret` unless overridden."""
+    def get_secret(self, request: HttpRequest) -> str | Sequence[str]:
+        """The secret (or secrets) to check ``request`` with: :attr:`secret` unless
+        overridden."""
         if not self.secret:
             raise ImproperlyConfigured(
                 f"{type(self).__name__} has no secret: set its `secret` attribute to the "
@@ -244,7 +286,9 @@ class ReceiverView(View):
         """Process one delivered batch; raise to have it retried. Subclasses implement it.
 
         ``changes`` is ``payload["changes"]``, in position order; ``payload`` is the whole
-        body (``payload["subscription"]`` names the subscription).
+        body (``payload["subscription"]`` names the subscription). A subscription in the
+        standard format delivers one change per message: ``changes`` is then
+        ``[payload["data"]]``, and ``payload`` is ``{"type", "timestamp", "data"}``.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement handle(changes, payload)")
 
@@ -258,12 +302,13 @@ class ReceiverView(View):
             return _error(400, "invalid_payload", str(exc))
         except RequestDataTooBig as exc:
             return _error(413, "payload_too_large", str(exc))
-        changes = payload.get("changes") if isinstance(payload, dict) else None
-        if not isinstance(changes, list) or not all(isinstance(c, dict) for c in changes):
+        changes = _changes(payload)
+        if changes is None:
             return _error(
                 400,
                 "invalid_payload",
-                'expected {"subscription": name, "changes": [change, ...]}',
+                'expected {"subscription": name, "changes": [change, ...]}, or the standard '
+                'format\'s {"type": topic, "timestamp": time, "data": change}',
             )
 
         message_id = request.headers["webhook-id"]

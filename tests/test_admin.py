@@ -146,6 +146,9 @@ def form(subscription: Subscription, **changes: Any) -> dict[str, Any]:
         "batch_size": subscription.batch_size,
         "status": subscription.status,
         "cursor": subscription.cursor,
+        "max_bytes": subscription.max_bytes or "",
+        "payload": subscription.payload,
+        "format": subscription.format,
     }
     return {**data, **changes}
 
@@ -194,6 +197,8 @@ def test_add_with_a_python_target_saves_nothing(clerk_client: Client, clerk: Use
         "batch_size": 100,
         "status": "active",
         "cursor": "0-0",
+        "payload": "full",
+        "format": "batch",
     }
     response = clerk_client.post(url(), data)
     assert "is not an absolute http(s) URL" in errors(response)["target"][0]
@@ -221,6 +226,8 @@ def test_add_needs_an_owner_and_staff_may_only_lend_their_own_permissions(
         "batch_size": 100,
         "status": "active",
         "cursor": "0-0",
+        "payload": "full",
+        "format": "batch",
     }
     assert clerk_client.get(url()).context["adminform"].form.initial["owner"] == clerk.pk
     assert "owner" in errors(clerk_client.post(url(), data))  # required
@@ -458,6 +465,8 @@ def test_staff_cannot_view_change_or_delete_anothers_subscription(
         "filter": "",
         "status": "active",
         "cursor": "0-0",
+        "payload": "full",
+        "format": "batch",
     }
     assert clerk_client.post(url(other), form(other, **redirect)).status_code == 302
     assert clerk_client.post(f"{base}/delete/", {"post": "yes"}).status_code == 302
@@ -510,6 +519,8 @@ def add_form(owner: User, name: str) -> dict[str, Any]:
         "batch_size": 100,
         "status": "active",
         "cursor": "0-0",
+        "payload": "full",
+        "format": "batch",
     }
 
 

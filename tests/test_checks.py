@@ -152,6 +152,15 @@ def test_poll_interval_accepts_seconds() -> None:
         ("MAX_SUBSCRIPTIONS", 0),
         ("MAX_WAITING", -1),
         ("MAX_WAITING", 10**9),
+        ("MAX_BATCH_BYTES", 0),
+        ("MAX_BATCH_BYTES", 999),
+        ("MAX_BATCH_BYTES", 10**9),
+        ("MAX_BATCH_BYTES", "1000000"),
+        ("MAX_BATCH_BYTES", 1e6),
+        ("SECRET_ROTATION_GRACE", -1),
+        ("SECRET_ROTATION_GRACE", "86400"),
+        ("SECRET_ROTATION_GRACE", math.inf),
+        ("SECRET_ROTATION_GRACE", 366 * 86400),
     ],
 )
 def test_e009_unusable_limit(key: str, value: object) -> None:
@@ -162,7 +171,14 @@ def test_e009_unusable_limit(key: str, value: object) -> None:
 
 
 def test_limits_accept_their_range() -> None:
-    limits = {"MAX_TOPICS": 1, "FILTER_TIMEOUT": 0.5, "MAX_WAITING": 0, "MAX_SUBSCRIPTIONS": 5}
+    limits = {
+        "MAX_TOPICS": 1,
+        "FILTER_TIMEOUT": 0.5,
+        "MAX_WAITING": 0,
+        "MAX_SUBSCRIPTIONS": 5,
+        "MAX_BATCH_BYTES": 1000,
+        "SECRET_ROTATION_GRACE": 0,
+    }
     with override_settings(PUBSUBPULL=limits):
         assert check_settings() == []
 

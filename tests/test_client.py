@@ -398,6 +398,31 @@ def test_subscribe_list_show_and_unsubscribe(service: Service) -> None:
         service.unsubscribe("orders")
 
 
+def test_subscribe_sends_the_delivery_options(service: Service) -> None:
+    created = service.subscribe(
+        "opts",
+        "http://127.0.0.1:8001/hook",
+        max_bytes=5000,
+        payload="thin",
+        format="standard",
+        headers={"Authorization": "Bearer t0ken"},
+    )
+    assert (created["max_bytes"], created["payload"], created["format"]) == (
+        5000,
+        "thin",
+        "standard",
+    )
+    assert created["headers"] == ["Authorization"] and "t0ken" not in str(created)
+    replaced = service.subscribe("opts", "http://127.0.0.1:8001/hook")
+    assert (replaced["max_bytes"], replaced["payload"], replaced["format"]) == (
+        None,
+        "full",
+        "batch",
+    )
+    assert replaced["headers"] == ["Authorization"]  # kept, like the secret
+    assert service.subscribe("opts", "http://127.0.0.1:8001/hook", headers={})["headers"] == []
+
+
 def test_subscribe_errors_name_the_fields(service: Service) -> None:
     with pytest.raises(BadRequest) as error:
         service.subscribe("bad", "http://10.0.0.1/hook", topics=["shop.nothing.*"])

@@ -5,14 +5,14 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import standardwebhooks
 from django.core.cache import caches
 from django.core.exceptions import ImproperlyConfigured
-from django.http import HttpResponse
 from django.test import Client, RequestFactory
 from django.urls import path
 
@@ -27,6 +27,9 @@ from pubsubpull.webhooks import (
     verify,
 )
 
+if TYPE_CHECKING:
+    from django.test.client import _MonkeyPatchedWSGIResponse as Response
+
 SECRET = generate_secret()
 URL = "/hook/"
 
@@ -34,11 +37,11 @@ URL = "/hook/"
 class Recorder(ReceiverView):
     """The receiver under test: records what it handled, fails while told to."""
 
-    secret = SECRET
+    secret: str | Sequence[str] = SECRET
     handled: list[tuple[list[dict[str, Any]], dict[str, Any]]] = []
     failures = 0  # how many of the next calls raise
     reenter: Client | None = None  # when set, deliver the same request again from handle
-    nested: HttpResponse | None = None  # the answer to that second delivery
+    nested: Response | None = None  # the answer to that second delivery
 
     def handle(self, changes: list[dict[str, Any]], payload: dict[str, Any]) -> None:
         if Recorder.reenter is not None:
@@ -56,7 +59,16 @@ class NoSecret(ReceiverView):
         raise AssertionError("never called")
 
 
-urlpatterns = [path("hook/", Recorder.as_view())]
+OLD_SECRET = generate_secret()
+
+
+class Rotating(Recorder):
+    """A receiver switching secrets: it accepts the new one and the old one."""
+
+    secret = [SECRET, OLD_SECRET]
+
+
+urlpatterns = [path("hook/", Recorder.as_view()), path("rotating/", Rotating.as_view())]
 pytestmark = pytest.mark.urls("tests.test_webhooks")
 HEADER_NAMES = ("webhook-id", "webhook-timestamp", "webhook-signature")
 
@@ -81,9 +93,9 @@ def put(
     body: bytes,
     headers: dict[str, str],
     method: str = "put",
-) -> HttpResponse:
+) -> Response:
     send = getattr(client, method)
-    response: HttpResponse = send(URL, body, content_type="application/json", headers=headers)
+    response: Response = send(URL, body, content_type="application/json", headers=headers)
     return response
 
 
@@ -206,7 +218,7 @@ def test_receiver_refuses_other_methods(client: Client, method: str) -> None:
     assert sorted(response["Allow"].split(", ")) == ["POST", "PUT"]
 
 
-def assert_unauthorized(response: HttpResponse, detail: str) -> None:
+def assert_unauthorized(response: Response, detail: str) -> None:
     assert response.status_code == 401
     assert response["Content-Type"] == "application/json"
     data = json.loads(response.content)
@@ -357,3 +369,95 @@ def test_receiver_without_a_secret_says_how_to_configure_it(rf: RequestFactory) 
 def test_receiver_handle_must_be_implemented() -> None:
     with pytest.raises(NotImplementedError, match="must implement handle"):
         ReceiverView().handle([], {})
+
+
+# -- secret rotation: several secrets ------------------------------------------------------
+
+
+def test_sign_with_several_secrets_gives_one_signature_each_that_each_verifies() -> None:
+    body = delivery()
+    headers = sign([SECRET, OLD_SECRET], "m", body)
+    signatures = headers["webhook-signature"].split(" ")
+    assert len(signatures) == 2 and all(s.startswith("v1,") for s in signatures)
+    assert signatures[0] == sign(SECRET, "m", body, _at(headers))["webhook-signature"]
+    for secret in (SECRET, OLD_SECRET):
+        standardwebhooks.Webhook(secret).verify(body, headers)  # raises if not signed with it
+    with pytest.raises(standardwebhooks.webhooks.WebhookVerificationError):
+        standardwebhooks.Webhook(generate_secret()).verify(body, headers)
+
+
+def _at(headers: dict[str, str]) -> datetime:
+    return datetime.fromtimestamp(int(headers["webhook-timestamp"]), UTC)
+
+
+@pytest.mark.parametrize("signed_with", [SECRET, OLD_SECRET], ids=["new", "old"])
+def test_verify_with_a_list_accepts_a_delivery_signed_with_any_of_them(
+    rf: RequestFactory, signed_with: str
+) -> None:
+    body = delivery()
+    headers = sign(signed_with, "m", body)
+    request = rf.put(URL, body, content_type="application/json", headers=headers)
+    assert verify(request, [SECRET, OLD_SECRET]) == json.loads(body)
+    assert verify(request, (OLD_SECRET, SECRET)) == json.loads(body)
+
+
+def test_verify_with_a_list_refuses_a_delivery_signed_with_none_of_them(
+    rf: RequestFactory,
+) -> None:
+    body = delivery()
+    headers = sign(generate_secret(), "m", body)
+    request = rf.put(URL, body, content_type="application/json", headers=headers)
+    with pytest.raises(InvalidSignature, match="No matching signature"):
+        verify(request, [SECRET, OLD_SECRET])
+    stale = sign([SECRET, OLD_SECRET], "m", body, datetime.now(UTC) - 2 * TOLERANCE)
+    request = rf.put(URL, body, content_type="application/json", headers=stale)
+    with pytest.raises(InvalidSignature, match="timestamp too old"):
+        verify(request, [SECRET, OLD_SECRET])
+
+
+def test_an_empty_list_of_secrets_is_refused(rf: RequestFactory) -> None:
+    body = delivery()
+    request = rf.put(URL, body, content_type="application/json", headers=sign(SECRET, "m", body))
+    with pytest.raises(InvalidSecret, match="no webhook secret"):
+        verify(request, [])
+    with pytest.raises(InvalidSecret, match="no webhook secret"):
+        sign([], "m", body)
+
+
+@pytest.mark.parametrize("signed_with", [SECRET, OLD_SECRET], ids=["new", "old"])
+def test_receiver_with_a_list_of_secrets_handles_deliveries_signed_with_either(
+    client: Client, signed_with: str
+) -> None:
+    body = delivery()
+    response = client.put(
+        "/rotating/", body, content_type="application/json", headers=sign(signed_with, "m", body)
+    )
+    assert response.status_code == 204 and len(Recorder.handled) == 1
+    other = sign(generate_secret(), "m2", body)
+    response = client.put("/rotating/", body, content_type="application/json", headers=other)
+    assert response.status_code == 401 and len(Recorder.handled) == 1
+
+
+# -- the standard format (one change per message) ------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["post", "put"])
+def test_receiver_handles_a_standard_format_message_as_one_change(
+    client: Client, method: str
+) -> None:
+    change = {"id": "5-7", "topic": "shop.order.insert", "new": {"id": 1}}
+    body = json.dumps(
+        {"type": change["topic"], "timestamp": "2026-12-02T08:00:00+00:00", "data": change}
+    ).encode()
+    response = put(client, body, sign(SECRET, "std-1", body), method)
+    assert response.status_code == 204
+    assert Recorder.handled == [([change], json.loads(body))]
+
+
+def test_receiver_answers_400_for_a_standard_message_whose_data_is_not_a_change(
+    client: Client,
+) -> None:
+    body = json.dumps({"type": "x.y.z", "timestamp": "t", "data": [1]}).encode()
+    response = put(client, body, sign(SECRET, "std-2", body))
+    assert response.status_code == 400 and response.json()["error"] == "invalid_payload"
+    assert Recorder.handled == []

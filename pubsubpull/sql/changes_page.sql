@@ -2,7 +2,8 @@
 -- Parameters: those of changes_visible.sql (after_txid, after_id, models, events, topics,
 -- row_topics); until_txid, until_id (inclusive upper bound, or NULL); filter (jsonpath on
 -- the change JSON, or NULL); scan_limit (with a filter: how many changes one read may
--- build and test at most); limit.
+-- build and test at most); limit; thin (true: each change without "old" and "new", which
+-- the filter still sees).
 -- The first row always comes, with the horizon and, when the scan limit cut the read
 -- short, the position of the last change it examined; page rows follow it (LEFT JOIN).
 -- Performance: "candidates" has no ORDER BY and compares txid with a scalar subquery, so
@@ -37,7 +38,8 @@ WITH horizon AS (
     LIMIT %(limit)s
 )
 SELECT h.xmin::text, (SELECT e.txid::text || '-' || e.id::text FROM scan_end e),
-       p.txid::text || '-' || p.id::text, p.doc::text
+       p.txid::text || '-' || p.id::text,
+       CASE WHEN %(thin)s::boolean THEN (p.doc::jsonb - 'old' - 'new')::text ELSE p.doc::text END
 FROM horizon h
 LEFT JOIN page p ON true
 ORDER BY p.txid, p.id;
