@@ -17,6 +17,7 @@ from django.db import connection
 from django.test import Client
 
 from pubsubpull.auth import create_token
+from pubsubpull.positions import Position
 from test_project.shop.models import Customer, Order, Product
 from tests.helpers import raw_connection
 
@@ -207,7 +208,9 @@ def test_long_poll_wakes_on_a_commit_in_another_connection(admin_client: Client)
 def test_long_poll_times_out_empty(admin_client: Client) -> None:
     _, cursor = read_changes(admin_client)
     body = get(admin_client, f"{API}/changes/?after={cursor}&wait=0.3")
-    assert body == {"results": [], "next": None, "cursor": cursor}
+    assert body["results"] == [] and body["next"] is None
+    # the cursor may move up to the horizon, which any transaction ending meanwhile moves
+    assert Position.parse(body["cursor"]) >= Position.parse(cursor)
 
 
 @HORIZON

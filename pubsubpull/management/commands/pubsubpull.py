@@ -15,7 +15,6 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from pubsubpull import capture
-from pubsubpull.sql import load
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -57,16 +56,6 @@ class _Progress:
             seen = count
 
         return advance
-
-
-def _horizon_holder() -> tuple[int, Any] | None:
-    """The backend whose open transaction is the oldest, and for how long, if any."""
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute(load("horizon_holder"))
-        row = cursor.fetchone()
-    return None if row is None else (int(row[0]), row[1])
 
 
 class Command(BaseCommand):
@@ -131,11 +120,15 @@ class Command(BaseCommand):
         )
         pull.add_argument("--quiet", action="store_true", help="no progress bars")
 
-        sub.add_parser(
+        status = sub.add_parser(
             "status",
-            help="capture triggers, the horizon and subscriptions at a glance",
-            description="Trigger states, what holds the horizon back, and each "
-            "subscription's status, lag and last error.",
+            help="capture triggers, the horizon, workers and subscriptions at a glance",
+            description="Trigger states, what holds the horizon back, the workers' last "
+            "heartbeat and each subscription's status, lag and last error; exits 1 when "
+            "unhealthy (pubsubpull.health).",
+        )
+        status.add_argument(
+            "--json", action="store_true", help="the health as one JSON object, for probes"
         )
 
         tail = sub.add_parser(
@@ -260,25 +253,38 @@ class Command(BaseCommand):
             f"{result.deliveries} delivery attempts{kept}"
         )
 
-    def handle_status(self, **options: Any) -> None:
-        from pubsubpull import subscriptions
+    def handle_status(self, json: bool, **options: Any) -> None:
+        from pubsubpull import health, subscriptions
         from pubsubpull.models import Subscription
         from pubsubpull.reads import now
 
-        self.handle_triggers("ls", "default")
-        self.stdout.write(f"horizon   {now()} (changes below it are visible)")
-        holder = _horizon_holder()
-        if holder:
-            self.stdout.write(f"held back by pid {holder[0]}, in a transaction for {holder[1]}")
-        for subscription in Subscription.objects.select_related("owner"):
-            owner = subscription.owner or "local"
-            line = (
-                f"{subscription.status:<9} {owner}/{subscription.name} -> {subscription.target}"
-                f"  lag {subscriptions.lag(subscription)}"
-            )
-            if subscription.last_error:
-                line += f"  last error: {subscription.last_error[:120]}"
-            self.stdout.write(line)
+        state = health.check()
+        if json:
+            self.stdout.write(json_module.dumps(state.as_json(), sort_keys=True))
+        else:
+            self._list_triggers("default")
+            self.stdout.write(f"horizon   {now()} (changes below it are visible)")
+            if state.horizon_pid is not None:
+                held = timedelta(seconds=round(state.horizon_age or 0))
+                self.stdout.write(
+                    f"held back by pid {state.horizon_pid}, in a transaction for {held}"
+                )
+            seen = state.worker_seen
+            heartbeat = "none seen" if seen is None else f"last heartbeat {seen:.0f} s ago"
+            self.stdout.write(f"workers   {heartbeat}")
+            for subscription in Subscription.objects.select_related("owner"):
+                owner = subscription.owner or "local"
+                line = (
+                    f"{subscription.status:<9} {owner}/{subscription.name} -> "
+                    f"{subscription.target}  lag {subscriptions.lag(subscription)}"
+                )
+                if subscription.last_error:
+                    line += f"  last error: {subscription.last_error[:120]}"
+                self.stdout.write(line)
+            for problem in state.problems():
+                self.stdout.write(f"unhealthy: {problem}")
+        if json and not state.healthy:
+            raise SystemExit(1)  # for probes; the JSON says why
 
     def handle_tail(
         self, topics: str, after: str | None, json: bool, from_start: bool, **options: Any
@@ -307,6 +313,13 @@ class Command(BaseCommand):
         except KeyboardInterrupt:
             return
 
+    def _list_triggers(self, database: str) -> list[capture.Status]:
+        states = capture.status(database)
+        for item in states:
+            name = item.table or item.function
+            self.stdout.write(f"{item.state:<9} {name} ({item.label or 'not tracked'})")
+        return states
+
     def handle_triggers(self, action: str, database: str, **options: Any) -> None:
         if action == "install":
             for item in capture.install(database):
@@ -322,10 +335,7 @@ class Command(BaseCommand):
             for function in capture.uninstall(database):
                 self.stdout.write(f"dropped   {function}")
         else:
-            states = capture.status(database)
-            for item in states:
-                name = item.table or item.function
-                self.stdout.write(f"{item.state:<9} {name} ({item.label or 'not tracked'})")
+            states = self._list_triggers(database)
             bad = [s for s in states if s.state != "current"]
             if action == "check" and bad:
                 names = ", ".join(f"{s.table or s.function} ({s.state})" for s in bad)
