@@ -160,10 +160,10 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     ``PUBSUBPULL`` not a dict, E012 unknown key, E013 TRACK,
     E014 EVENTS, E015 MAX_FAILURES, E016 RETRY_BASE and RETRY_CAP, E017
     DELIVERY_TIMEOUT, E018 MAX_WAIT, E019 SWEEP_INTERVAL, E020 PAGE_SIZE and
-    MAX_PAGE_SIZE."""
+    MAX_PAGE_SIZE, E030 RETENTION."""
     from . import conf, events, ssrf
 
-    errors = _check_keys(conf)
+    errors = _check_keys(conf) + _check_retention(conf)
     allowed = conf.get("ALLOWED_TARGETS")
     if isinstance(allowed, str) or not isinstance(allowed, list | tuple):
         errors.append(
@@ -418,3 +418,35 @@ def check_apps(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessa
             id="pubsubpull.E007",
         )
     ]
+
+
+def _check_retention(conf: Any) -> list[checks.CheckMessage]:
+    """E030: RETENTION is a dict of changes/requests/deliveries/jobs -> a duration."""
+    value = conf.get("RETENTION")
+    hint = 'e.g. {"changes": "30d", "requests": "30d", "deliveries": "7d", "jobs": "1d"}'
+    if not isinstance(value, dict):
+        return [
+            checks.Error(
+                f"PUBSUBPULL['RETENTION'] must be a dict, not {value!r}.",
+                hint=hint,
+                id="pubsubpull.E030",
+            )
+        ]
+    errors: list[checks.CheckMessage] = []
+    for key, duration in value.items():
+        if key not in conf.RETAINED:
+            problem = f"{key!r} is not one of {', '.join(conf.RETAINED)}"
+        else:
+            try:
+                conf.parse_duration(duration)
+                continue
+            except ValueError as error:
+                problem = str(error)
+        errors.append(
+            checks.Error(
+                f"PUBSUBPULL['RETENTION']: {problem}; that entry is ignored.",
+                hint=hint,
+                id="pubsubpull.E030",
+            )
+        )
+    return errors

@@ -7,7 +7,9 @@ checks (``checks.py``) report unknown keys and values of the wrong type or range
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any, TypedDict, cast
 
 from django.conf import settings as django_settings
@@ -46,6 +48,9 @@ DEFAULTS: dict[str, Any] = {
     "MAX_WAITING": 50,
     # record the query string of writing requests (values of REDACT_QUERY names hidden)
     "REQUEST_QUERY": False,
+    # how long changes, requests, delivery attempts and finished jobs are kept, e.g.
+    # {"changes": "30d", "requests": "30d", "deliveries": "7d", "jobs": "1d"}; {}: forever
+    "RETENTION": {},
     "REDACT_QUERY": [
         "access_token",
         "api_key",
@@ -60,6 +65,19 @@ DEFAULTS: dict[str, Any] = {
         "token",
     ],
 }
+
+
+RETAINED = ("changes", "requests", "deliveries", "jobs")  # the keys of RETENTION
+_DURATION = re.compile(r"([0-9]+)([dhm])")
+
+
+def parse_duration(text: object) -> timedelta:
+    """``"30d"``, ``"12h"`` or ``"90m"`` as a timedelta; ValueError saying the form."""
+    match = _DURATION.fullmatch(text.strip()) if isinstance(text, str) else None
+    if not match:
+        raise ValueError(f"{text!r} is not a duration: a number and d, h or m, e.g. 30d")
+    unit = {"d": "days", "h": "hours", "m": "minutes"}[match[2]]
+    return timedelta(**{unit: int(match[1])})
 
 
 class TrackOptions(TypedDict, total=False):
@@ -210,6 +228,22 @@ class Settings:
     def REQUEST_QUERY(self) -> bool:
         """Whether writing requests' query strings are recorded (redacted)."""
         return cast(bool, get("REQUEST_QUERY"))
+
+    @property
+    def RETENTION(self) -> dict[str, str]:
+        """What the worker deletes after how long (usable entries only: check E030)."""
+        value = get("RETENTION")
+        if not isinstance(value, dict):
+            return {}
+        usable = {}
+        for key, duration in value.items():
+            try:
+                parse_duration(duration)
+            except ValueError:
+                continue
+            if key in RETAINED:
+                usable[key] = duration
+        return usable
 
     @property
     def REDACT_QUERY(self) -> Sequence[str]:

@@ -17,13 +17,14 @@ import logging
 import time
 from datetime import datetime, timedelta
 
+from asgiref.sync import sync_to_async
 from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 from procrastinate import exceptions
 from procrastinate.contrib.django import app
 from procrastinate.jobs import Status
 
-from . import conf, delivery, local_subscribers
+from . import conf, delivery, local_subscribers, prune
 from .sql import load
 
 QUEUE = "pubsubpull"
@@ -177,3 +178,22 @@ async def recover_stalled(seconds_since_heartbeat: float = STALLED_AFTER) -> int
 async def recover(timestamp: int | None = None) -> None:
     """Periodically give back the jobs of dead workers."""
     await recover_stalled()
+
+
+@app.periodic(cron="17 * * * *", periodic_id="retention")
+@app.task(name="pubsubpull.retention", queue=QUEUE, queueing_lock="pubsubpull.retention")
+async def retention(timestamp: int | None = None) -> None:
+    """Hourly: delete what ``PUBSUBPULL["RETENTION"]`` no longer keeps (never a change a
+    subscription has not received), in short batches, and pubsubpull's finished jobs."""
+    pruned = await sync_to_async(prune.apply_retention)(timezone.now())
+    if pruned is not None:
+        logger.info(
+            "pubsubpull retention deleted %s changes, %s requests, %s delivery attempts",
+            pruned.changes,
+            pruned.requests,
+            pruned.deliveries,
+        )
+    jobs = conf.settings.RETENTION.get("jobs")
+    if jobs:
+        hours = max(1, round(conf.parse_duration(jobs).total_seconds() / 3600))
+        await app.job_manager.delete_old_jobs(nb_hours=hours, queue=QUEUE)

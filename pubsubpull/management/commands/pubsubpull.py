@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json as json_module
 import os
-import re
 from argparse import ArgumentParser
 from collections.abc import Callable
 from datetime import timedelta
@@ -240,13 +239,14 @@ class Command(BaseCommand):
             self.stdout.write(f"stopped; resumes from {state.cursor if state else 'the start'}")
 
     def handle_prune(self, older_than: str, **options: Any) -> None:
+        from pubsubpull.conf import parse_duration
         from pubsubpull.prune import prune
 
-        match = re.fullmatch(r"([0-9]+)([dhm])", older_than.strip())
-        if not match:
-            raise CommandError("--older-than takes a number and d, h or m, e.g. 30d")
-        unit = {"d": "days", "h": "hours", "m": "minutes"}[match[2]]
-        result = prune(timezone.now() - timedelta(**{unit: int(match[1])}))
+        try:
+            before = timezone.now() - parse_duration(older_than)
+        except ValueError:
+            raise CommandError("--older-than takes a number and d, h or m, e.g. 30d") from None
+        result = prune(before, before, before)
         kept = f"; kept everything after {result.kept_after}" if result.kept_after else ""
         self.stdout.write(
             f"deleted {result.changes} changes, {result.requests} requests, "
