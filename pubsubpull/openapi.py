@@ -252,6 +252,19 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics, for staff users",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus' text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_errors("401", "403", "404"),
+                },
+            }
+        },
     }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from . import conf, events, reads, registry, ssrf, topics, webhooks
 from .crypto import SecretUnreadable, decrypt, encrypt
-from .delivery import pending_count
+from .delivery import pending, pending_count
 from .models import DEFAULT_BATCH_SIZE, Subscription
 from .positions import InvalidPosition, Position
 from .sql import load, render
@@ -354,6 +354,18 @@ def lag(subscription: Subscription) -> int | None:
         return pending_count(subscription, LAG_CAP)
     except reads.QueryFailed:
         return None
+
+
+def oldest_pending(subscription: Subscription) -> datetime | None:
+    """When the oldest change it has not received was made; None when caught up, or
+    when its filter fails or is too slow."""
+    try:
+        page = pending(subscription, 1)
+    except reads.QueryFailed:
+        return None
+    if not page.results:
+        return None
+    return datetime.fromisoformat(json.loads(page.results[0])["time"])
 
 
 def as_json(subscription: Subscription) -> dict[str, Any]:

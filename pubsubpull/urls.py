@@ -14,4 +14,5 @@ urlpatterns = [
     path("subscriptions/", views.subscription_list, name="subscriptions"),
     path("subscriptions/<str:name>/", views.subscription, name="subscription"),
     path("openapi.json", views.openapi, name="openapi"),
+    path("metrics", views.metrics_view, name="metrics"),
 ]

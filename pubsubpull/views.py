@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
-from . import conf, reads, registry, subscriptions, topics
+from . import conf, metrics, reads, registry, subscriptions, topics
 from .auth import AuthenticationFailed, Throttled, authenticate
 from .models import Subscription
 from .positions import START, InvalidPosition, Position
@@ -69,9 +69,7 @@ def api(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     Basic callers send credentials a browser does not add by itself.
     """
 
-    @csrf_exempt
-    @functools.wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def answer(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         try:
             user = authenticate(request)
             if (
@@ -113,6 +111,13 @@ def api(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
             ).response()
             response["Retry-After"] = str(RETRY_AFTER)
             return response
+
+    @csrf_exempt
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response = answer(request, *args, **kwargs)
+        metrics.pull_request(view.__name__, response.status_code)
+        return response
 
     return wrapper
 
@@ -324,3 +329,15 @@ def _wake(subscription_id: int) -> None:
     from .tasks import defer_delivery
 
     defer_delivery(subscription_id)
+
+
+@require_GET
+@api
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """Prometheus metrics, for staff (e.g. a token of a staff user in the scrape config)."""
+    if not request.api_user.is_staff:  # type: ignore[attr-defined]
+        raise ApiError(403, "permission_denied", "metrics are for staff users")
+    if not metrics.AVAILABLE:
+        raise ApiError(404, "not_found", metrics.INSTALL)
+    body, content_type = metrics.exposition()
+    return HttpResponse(body, content_type=content_type)

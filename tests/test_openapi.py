@@ -135,6 +135,7 @@ def test_served_document_is_valid_openapi_3_1(client: Client, user: User) -> Non
         "/subscriptions/",
         "/subscriptions/{name}/",
         "/openapi.json",
+        "/metrics",
     }
     subscription = document["components"]["schemas"]["Subscription"]
     assert "secret" not in subscription["properties"] and "signed" in subscription["required"]
