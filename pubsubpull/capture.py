@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 
 from django.db import connections, transaction
@@ -10,6 +11,8 @@ from psycopg import sql as pgsql
 
 from . import registry
 from .sql import render
+
+logger = logging.getLogger(__name__)
 
 FUNCTION_PREFIX = "pubsubpull_capture_"
 _DROP = "DROP FUNCTION IF EXISTS {function}() CASCADE"  # drops its triggers too
@@ -135,11 +138,23 @@ def install(using: str = "default") -> list[Status]:
         for item in before:
             if item.state == "orphaned":
                 cursor.execute(_DROP.format(function=_identifier(item.function)))
+                logger.info(
+                    "pubsubpull dropped capture %s (no longer tracked)",
+                    item.function,
+                    extra={"function": item.function, "database": using},
+                )
             elif item.state != "current":
                 assert item.table is not None
                 p = plans[item.table]
                 cursor.execute(p.function_sql)
                 cursor.execute(p.triggers_sql())
+                logger.info(
+                    "pubsubpull installed capture of %s (%s, was %s)",
+                    item.table,
+                    item.label,
+                    item.state,
+                    extra={"table": item.table, "label": item.label, "was": item.state},
+                )
     return before
 
 
@@ -150,4 +165,5 @@ def uninstall(using: str = "default") -> list[str]:
         for function in sorted({i.function for i in installed(using)}):
             cursor.execute(_DROP.format(function=_identifier(function)))
             dropped.append(function)
+            logger.info("pubsubpull dropped capture %s", function, extra={"function": function})
     return dropped

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 
 import pytest
 from django.core.management import call_command
@@ -90,3 +91,14 @@ def test_long_table_names_get_a_valid_function_name() -> None:
     name = capture.function_name("t" * 63)
     assert len(name) <= 63 and name.startswith("pubsubpull_capture_")
     assert name != capture.function_name("t" * 62 + "u")
+
+
+def test_installs_and_drops_are_logged_with_fields(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="pubsubpull.capture"):
+        run("uninstall")
+        run("install")
+    dropped = [r for r in caplog.records if getattr(r, "function", None)]
+    installed = [r for r in caplog.records if getattr(r, "table", None) == "shop_customer"]
+    assert dropped and all(r.name == "pubsubpull.capture" for r in dropped)
+    assert len(installed) == 1 and installed[0].was == "missing"  # type: ignore[attr-defined]
+    assert installed[0].label == "shop.customer"  # type: ignore[attr-defined]
