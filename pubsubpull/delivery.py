@@ -8,7 +8,9 @@ subscription (:func:`claimed`). No transaction is held across the network call.
 from __future__ import annotations
 
 import json
+import math
 import random
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from typing import Any
 from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
+from django.utils.http import parse_http_date_safe
 from django.utils.module_loading import import_string
 
 from . import conf, reads, transport, webhooks
@@ -31,6 +34,11 @@ from .sql import load
 # First key of pubsubpull's advisory locks ("pspb"); the second is a subscription id
 # (an int4: ids past 2**31 would need the one-bigint form of the lock functions).
 CLAIMS = 0x70737062
+#: How much a retry delay varies either way at random (jitter), so that subscriptions
+#: that failed together do not all come back at the same moment.
+JITTER = 0.1
+#: Answers whose ``Retry-After`` header is honoured: Too Many Requests, Unavailable.
+RETRY_AFTER_STATUSES = (429, 503)
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,8 @@ class Attempt:
     status_code: int | None
     error: str
     duration: timedelta
+    #: Seconds the target asked to wait (``Retry-After`` of a 429 or 503), if it did.
+    retry_after: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -132,20 +142,21 @@ def send(subscription: Subscription, batch: Batch) -> Attempt:
     started = time.monotonic()
     status: int | None = None
     error = ""
+    wait: float | None = None
     try:
         if subscription.target.startswith(LOCAL_PREFIX):
             receiver = import_string(subscription.target[len(LOCAL_PREFIX) :])
             receiver([json.loads(change) for change in batch.changes])
             status = 200
         else:
-            status, error = _put(subscription, batch)
+            status, error, wait = _put(subscription, batch)
     except Exception as exc:  # noqa: BLE001 - any failure (network, SSRF re-check, unreadable
-        # secret, a local subscriber's exception) is a failed attempt, retried with backoff
+        # secret, a local subscriber's exception) is a failed attempt, retried on schedule
         error = f"{type(exc).__name__}: {exc}"[:1000]
-    return Attempt(status, error, timedelta(seconds=time.monotonic() - started))
+    return Attempt(status, error, timedelta(seconds=time.monotonic() - started), wait)
 
 
-def _put(subscription: Subscription, batch: Batch) -> tuple[int, str]:
+def _put(subscription: Subscription, batch: Batch) -> tuple[int, str, float | None]:
     data = body(subscription, batch)
     headers = {"Content-Type": "application/json", "User-Agent": "pubsubpull"}
     if subscription.secret:
@@ -158,21 +169,50 @@ def _put(subscription: Subscription, batch: Batch) -> tuple[int, str]:
         subscription.target, data, headers, float(conf.get("DELIVERY_TIMEOUT"))
     )
     if 200 <= response.status < 300:
-        return response.status, ""
+        return response.status, "", None
     error = f"HTTP {response.status}: {response.body[:200].decode(errors='replace')}"
     if 300 <= response.status < 400:
         error = (
             f"HTTP {response.status}: redirects are not followed; subscribe the final URL "
             f"({response.location[:200] or 'no Location header'})"
         )
-    return response.status, error
+    wait = None
+    if response.status in RETRY_AFTER_STATUSES:
+        wait = retry_after(response.headers.get("Retry-After"), timezone.now())
+    return response.status, error, wait
 
 
-def backoff(failures: int) -> timedelta:
-    """Exponential backoff with jitter: base * 2^(failures-1), capped, times 0.5 to 1."""
-    base, cap = float(conf.get("RETRY_BASE")), float(conf.get("RETRY_CAP"))
-    delay = min(cap, base * 2 ** min(failures - 1, 60))
-    return timedelta(seconds=delay * random.uniform(0.5, 1.0))
+_SECONDS = re.compile("[0-9]+")
+
+
+def retry_after(value: str | None, now: datetime) -> float | None:
+    """The seconds a ``Retry-After`` header value asks to wait (RFC 9110 section 10.2.3:
+    delay-seconds or an HTTP date, compared with ``now``); None when it is absent or
+    unreadable, which is ignored rather than an error: the schedule applies."""
+    if not value:
+        return None
+    value = value.strip()
+    if _SECONDS.fullmatch(value):
+        # many digits: longer than any schedule, which caps it anyway
+        return float(value) if len(value) <= 15 else math.inf
+    epoch = parse_http_date_safe(value)
+    if epoch is None:
+        return None
+    return max(0.0, epoch - now.timestamp())
+
+
+def retry_delay(failures: int, retry_after: float | None = None) -> timedelta | None:
+    """How long to wait after the ``failures``-th failed attempt in a row: that delay
+    of ``RETRY_SCHEDULE``, give or take :data:`JITTER`, and at least ``retry_after``
+    seconds (what the target asked, capped at the schedule's longest delay). None when
+    the schedule is used up: the subscription is failing."""
+    schedule = conf.settings.RETRY_SCHEDULE
+    if failures > len(schedule):
+        return None
+    delay = float(schedule[failures - 1]) * random.uniform(1 - JITTER, 1 + JITTER)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, conf.longest_retry_delay()))
+    return timedelta(seconds=delay)
 
 
 def record(subscription: Subscription, batch: Batch, attempt: Attempt) -> datetime | None:
@@ -210,16 +250,20 @@ def _failed(
     """The subscription's updates after a failed attempt, and when to try again."""
     failures = subscription.failures + 1
     updates: dict[str, Any] = {"failures": F("failures") + 1, "last_error": attempt.error}
-    when: datetime | None
+    when: datetime | None = None
     if attempt.status_code == 410:
         updates["status"] = Subscription.Status.DISABLED
         updates["last_error"] += " (410 Gone: subscription disabled)"
-        when = None
-    elif failures >= int(conf.get("MAX_FAILURES")):
-        updates["status"] = Subscription.Status.FAILING
-        when = None
     else:
-        when = now + backoff(failures)
+        delay = retry_delay(failures, attempt.retry_after)
+        if delay is None:
+            updates["status"] = Subscription.Status.FAILING
+            updates["last_error"] += (
+                f" (failing after {failures} attempts: PUBSUBPULL['RETRY_SCHEDULE'] is used "
+                "up; resume it to try again)"
+            )
+        else:
+            when = now + delay
     updates["next_attempt"] = when
     return updates, when
 

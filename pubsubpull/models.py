@@ -197,7 +197,7 @@ class Subscription(models.Model):
     class Status(models.TextChoices):
         ACTIVE = "active"
         PAUSED = "paused"
-        FAILING = "failing"  # MAX_FAILURES reached: no attempts until resumed
+        FAILING = "failing"  # RETRY_SCHEDULE used up: no attempts until resumed
         DISABLED = "disabled"  # the target answered 410 Gone
 
     owner = models.ForeignKey(

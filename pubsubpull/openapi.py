@@ -435,8 +435,8 @@ SCHEMAS: dict[str, Any] = {
             "status": {
                 "type": "string",
                 "enum": list(Subscription.Status.values),
-                "description": "`failing`: stopped after too many failed attempts, until "
-                "resumed; `disabled`: the target answered 410 Gone",
+                "description": "`failing`: stopped once the retry schedule was used up, "
+                "until resumed; `disabled`: the target answered 410 Gone",
             },
             "cursor": {
                 "type": "string",
