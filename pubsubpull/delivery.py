@@ -13,9 +13,9 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,6 +39,16 @@ CLAIMS = 0x70737062
 JITTER = 0.1
 #: Answers whose ``Retry-After`` header is honoured: Too Many Requests, Unavailable.
 RETRY_AFTER_STATUSES = (429, 503)
+#: How much of an answer's body the attempt log keeps (``Delivery.response_body``).
+LOGGED_BODY_BYTES = 4096
+#: Characters of a response header's name or value the attempt log keeps.
+LOGGED_HEADER_CHARS = 1000
+#: Request headers whose values the attempt log keeps; any other is stored as
+#: :data:`REDACTED` (the signature, or a credential a subscriber added).
+LOGGED_REQUEST_HEADERS = frozenset(
+    {"content-type", "user-agent", "webhook-id", "webhook-timestamp"}
+)
+REDACTED = "REDACTED"
 
 
 @dataclass(frozen=True)
@@ -51,11 +61,18 @@ class Batch:
 
 @dataclass(frozen=True)
 class Attempt:
+    """One delivery attempt, as :func:`send` made it and the attempt log stores it."""
+
     status_code: int | None
     error: str
     duration: timedelta
     #: Seconds the target asked to wait (``Retry-After`` of a 429 or 503), if it did.
     retry_after: float | None = None
+    request_headers: dict[str, str] = field(default_factory=dict)  # redacted
+    response_headers: dict[str, str] = field(default_factory=dict)
+    response_body: str = ""  # the first LOGGED_BODY_BYTES, decoded
+    sent: datetime | None = None
+    answered: datetime | None = None  # None: no answer (network error, timeout)
 
     @property
     def ok(self) -> bool:
@@ -139,47 +156,91 @@ def body(subscription: Subscription, batch: Batch) -> bytes:
 
 def send(subscription: Subscription, batch: Batch) -> Attempt:
     """Deliver one batch: HTTP PUT to the target, or a call of a local subscriber."""
+    sent = timezone.now()
     started = time.monotonic()
     status: int | None = None
     error = ""
-    wait: float | None = None
+    headers: dict[str, str] = {}
+    response: transport.Response | None = None
+    answered: datetime | None = None
     try:
         if subscription.target.startswith(LOCAL_PREFIX):
             receiver = import_string(subscription.target[len(LOCAL_PREFIX) :])
             receiver([json.loads(change) for change in batch.changes])
-            status = 200
+            status, answered = 200, timezone.now()
         else:
-            status, error, wait = _put(subscription, batch)
+            data, headers = request(subscription, batch)
+            # Connects to the address it checked (no second DNS answer), follows no
+            # redirect, ends at DELIVERY_TIMEOUT in all and reads at most 64 KiB.
+            response = transport.put(
+                subscription.target, data, headers, float(conf.get("DELIVERY_TIMEOUT"))
+            )
+            status, error, answered = response.status, _error(response), timezone.now()
     except Exception as exc:  # noqa: BLE001 - any failure (network, SSRF re-check, unreadable
         # secret, a local subscriber's exception) is a failed attempt, retried on schedule
         error = f"{type(exc).__name__}: {exc}"[:1000]
-    return Attempt(status, error, timedelta(seconds=time.monotonic() - started), wait)
+    wait = None
+    if response is not None and answered is not None and status in RETRY_AFTER_STATUSES:
+        wait = retry_after(response.headers.get("Retry-After"), answered)
+    return Attempt(
+        status,
+        error,
+        timedelta(seconds=time.monotonic() - started),
+        wait,
+        request_headers=logged_request_headers(headers),
+        response_headers=_logged_headers(response.headers) if response else {},
+        response_body=_text(response.body[:LOGGED_BODY_BYTES].decode(errors="replace"))
+        if response
+        else "",
+        sent=sent,
+        answered=answered,
+    )
 
 
-def _put(subscription: Subscription, batch: Batch) -> tuple[int, str, float | None]:
+def request(subscription: Subscription, batch: Batch) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of the PUT of a batch (signed if the subscription has a secret)."""
     data = body(subscription, batch)
     headers = {"Content-Type": "application/json", "User-Agent": "pubsubpull"}
     if subscription.secret:
         headers |= webhooks.sign(decrypt(subscription.secret), batch.id, data)
     else:
         headers |= {"webhook-id": batch.id, "webhook-timestamp": str(int(time.time()))}
-    # Connects to the address it checked (no second DNS answer), follows no redirect,
-    # ends at DELIVERY_TIMEOUT in all and reads at most 64 KiB of the answer.
-    response = transport.put(
-        subscription.target, data, headers, float(conf.get("DELIVERY_TIMEOUT"))
-    )
+    return data, headers
+
+
+def _error(response: transport.Response) -> str:
+    """What went wrong, for ``last_error``: "" for a 2xx."""
     if 200 <= response.status < 300:
-        return response.status, "", None
-    error = f"HTTP {response.status}: {response.body[:200].decode(errors='replace')}"
+        return ""
     if 300 <= response.status < 400:
-        error = (
+        return (
             f"HTTP {response.status}: redirects are not followed; subscribe the final URL "
             f"({response.location[:200] or 'no Location header'})"
         )
-    wait = None
-    if response.status in RETRY_AFTER_STATUSES:
-        wait = retry_after(response.headers.get("Retry-After"), timezone.now())
-    return response.status, error, wait
+    return _text(f"HTTP {response.status}: {response.body[:200].decode(errors='replace')}")
+
+
+def logged_request_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Request headers as the attempt log keeps them: the values of
+    :data:`LOGGED_REQUEST_HEADERS`, every other value (the signature, headers a
+    subscriber added such as ``Authorization``) replaced by :data:`REDACTED`."""
+    return {
+        name: value if name.lower() in LOGGED_REQUEST_HEADERS else REDACTED
+        for name, value in headers.items()
+    }
+
+
+def _logged_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Response headers as the attempt log keeps them, each name and value cut short."""
+    return {
+        _text(name[:LOGGED_HEADER_CHARS]): _text(value[:LOGGED_HEADER_CHARS])
+        for name, value in headers.items()
+    }
+
+
+def _text(value: str) -> str:
+    """``value`` storable in PostgreSQL text and jsonb, which refuse NUL characters."""
+    return value.replace("\x00", "\ufffd")
 
 
 _SECONDS = re.compile("[0-9]+")
@@ -232,6 +293,11 @@ def record(subscription: Subscription, batch: Batch, attempt: Attempt) -> dateti
             status_code=attempt.status_code,
             error=attempt.error,
             duration=attempt.duration,
+            request_headers=attempt.request_headers,
+            response_headers=attempt.response_headers,
+            response_body=attempt.response_body,
+            sent=attempt.sent,
+            answered=attempt.answered,
         )
         # Only the batch this attempt sent: a PUT that replayed or replaced the
         # subscription meanwhile wins.

@@ -269,7 +269,9 @@ class Subscription(models.Model):
 
 
 class Delivery(_Immutable):
-    """One delivery attempt of one batch to one subscription."""
+    """One delivery attempt of one batch to one subscription: what was sent (headers,
+    with the signature redacted) and what came back (status, headers, the first
+    :data:`~pubsubpull.delivery.LOGGED_BODY_BYTES` of the body), and when."""
 
     subscription = models.ForeignKey(
         Subscription, on_delete=models.CASCADE, related_name="deliveries"
@@ -281,6 +283,17 @@ class Delivery(_Immutable):
     status_code = models.PositiveSmallIntegerField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
     duration = models.DurationField()
+    request_headers = models.JSONField(
+        default=dict, blank=True, help_text="sent; the signature and added headers redacted"
+    )
+    response_headers = models.JSONField(default=dict, blank=True)
+    response_body = models.TextField(
+        blank=True, default="", help_text="the first 4 KB of the answer, as text"
+    )
+    sent = models.DateTimeField(null=True, blank=True, help_text="when the attempt began")
+    answered = models.DateTimeField(
+        null=True, blank=True, help_text="when the answer came; empty when none did"
+    )
     created = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
