@@ -176,10 +176,12 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     search_fields = ["name", "target", "owner__username"]
     fields = [
         "owner", "name", "target", "topics", "filter", "batch_size", "status", "cursor",
-        "lag", "failures", "last_error", "next_attempt", "last_delivered", "created", "updated",
+        "lag", "failures", "last_error", "next_attempt", "last_delivered", "down_since",
+        "created", "updated",
     ]  # fmt: skip
     readonly_fields = [
-        "lag", "failures", "last_error", "next_attempt", "last_delivered", "created", "updated",
+        "lag", "failures", "last_error", "next_attempt", "last_delivered", "down_since",
+        "created", "updated",
     ]  # fmt: skip
     actions = ["pause", "resume", "replay_from_start"]
 

@@ -200,6 +200,15 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     errors += _check_track(conf)
     if _is_names(conf.get("EVENTS")):
         for label in events.labels():
+            if label == events.SUBSCRIPTION:
+                errors.append(
+                    checks.Error(
+                        f"PUBSUBPULL['EVENTS'] names {label!r}, pubsubpull's own event label.",
+                        hint="Its events (.failing, .disabled, .recovered) are published by "
+                        "pubsubpull and need no declaration: remove it, or pick another label.",
+                        id="pubsubpull.E014",
+                    )
+                )
             if label in registry.labels():
                 errors.append(
                     checks.Error(

@@ -20,12 +20,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import DatabaseError, connection, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.http import parse_http_date_safe
 from django.utils.module_loading import import_string
 
-from . import conf, reads, transport, webhooks
+from . import conf, reads, subscription_events, transport, webhooks
 from .crypto import decrypt
 from .models import LOCAL_PREFIX, Delivery, Subscription
 from .positions import Position
@@ -79,9 +80,11 @@ class Attempt:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-def _selection(subscription: Subscription) -> tuple[list[str], Position, list[str], bool]:
+def _selection(
+    subscription: Subscription,
+) -> tuple[list[str], Position, list[str], reads.Events]:
     """What a subscription reads: the model labels its owner may view, its cursor, its
-    topic patterns, and whether custom events too."""
+    topic patterns, and which custom events its owner may see."""
     labels, events = reads.scope(subscription.owner)  # no owner: a local subscriber
     return labels, Position.parse(subscription.cursor), list(subscription.topics), events
 
@@ -303,11 +306,42 @@ def record(subscription: Subscription, batch: Batch, attempt: Attempt) -> dateti
         # subscription meanwhile wins.
         in_flight = Subscription.objects.filter(pk=subscription.pk, batch_id=batch.id)
         if attempt.ok:
-            in_flight.delivered(batch.last, now)
+            if in_flight.delivered(batch.last, now):
+                _recovered(subscription)
             return now
-        updates, when = _failed(subscription, attempt, now)
-        in_flight.update(**updates)
+        return _fail(in_flight, subscription, attempt, now)
+
+
+def _fail(
+    in_flight: QuerySet[Subscription],
+    subscription: Subscription,
+    attempt: Attempt,
+    now: datetime,
+) -> datetime | None:
+    """Record a failed attempt on the subscription (if ``in_flight`` still selects it),
+    telling operators when it stops; returns when to try again. In a transaction."""
+    updates, when = _failed(subscription, attempt, now)
+    if in_flight.update(**updates) and "status" in updates:
+        status = str(updates["status"])
+        data = subscription_events.payload(
+            subscription, status, updates["last_error"], subscription.failures + 1,
+            subscription.down_since or now,
+        )  # fmt: skip
+        subscription_events.tell(subscription, status, data)
     return when
+
+
+def _recovered(subscription: Subscription) -> None:
+    """After a delivered batch: if the subscription was failing or disabled, it is no
+    longer down, and operators are told. In a transaction."""
+    if Subscription.objects.filter(pk=subscription.pk, down_since__isnull=False).update(
+        down_since=None
+    ):
+        data = subscription_events.payload(
+            subscription, str(Subscription.Status.ACTIVE), subscription.last_error,
+            subscription.failures, subscription.down_since,
+        )  # fmt: skip
+        subscription_events.tell(subscription, subscription_events.RECOVERED, data)
 
 
 def _failed(
@@ -330,6 +364,8 @@ def _failed(
             )
         else:
             when = now + delay
+    if "status" in updates:  # down: since the first time, until a batch is delivered
+        updates["down_since"] = Coalesce(F("down_since"), Value(now))
     updates["next_attempt"] = when
     return updates, when
 
@@ -338,7 +374,6 @@ def record_read_failure(subscription: Subscription, error: reads.QueryFailed) ->
     """A failed read of the subscription's changes (its filter failed or was too slow):
     a failed attempt of this subscription alone, recorded and retried like one."""
     attempt = Attempt(None, str(error)[:1000], timedelta(0))
-    updates, when = _failed(subscription, attempt, timezone.now())
     with transaction.atomic():
         Delivery.objects.create(
             subscription=subscription,
@@ -349,10 +384,8 @@ def record_read_failure(subscription: Subscription, error: reads.QueryFailed) ->
             error=attempt.error,
             duration=attempt.duration,
         )
-        Subscription.objects.filter(pk=subscription.pk, batch_id=subscription.batch_id).update(
-            **updates
-        )
-    return when
+        in_flight = Subscription.objects.filter(pk=subscription.pk, batch_id=subscription.batch_id)
+        return _fail(in_flight, subscription, attempt, timezone.now())
 
 
 def deliver(subscription_id: int) -> datetime | None:

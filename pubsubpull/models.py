@@ -230,6 +230,14 @@ class Subscription(models.Model):
     last_error = models.TextField(blank=True, default="")
     next_attempt = models.DateTimeField(null=True, blank=True)
     last_delivered = models.DateTimeField(null=True, blank=True, editable=False)
+    # Set when it turns failing or disabled (operators are told), cleared by the next
+    # delivered batch (they are told it recovered); resuming leaves it.
+    down_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="when it turned failing or disabled; cleared when a batch is delivered again",
+    )
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 

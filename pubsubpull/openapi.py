@@ -384,7 +384,9 @@ SCHEMAS: dict[str, Any] = {
                 "items": {"type": "string", "pattern": TOPIC},
                 "default": [],
                 "description": "Topic patterns (`*` one word, `#` zero or more) of tracked "
-                "models the caller may view, or of custom events; `[]` for all of them.",
+                "models the caller may view, or of custom events (including pubsubpull's own "
+                "`pubsubpull.subscription.failing`, `.disabled` and `.recovered` of the "
+                "caller's subscriptions, or of all for staff); `[]` for all of them.",
                 "examples": [["shop.order.*", "shop.customer.delete"]],
             },
             "filter": {
