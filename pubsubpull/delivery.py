@@ -181,7 +181,7 @@ def send(subscription: Subscription, batch: Batch) -> Attempt:
             status, error, answered = response.status, _error(response), timezone.now()
     except Exception as exc:  # noqa: BLE001 - any failure (network, SSRF re-check, unreadable
         # secret, a local subscriber's exception) is a failed attempt, retried on schedule
-        error = f"{type(exc).__name__}: {exc}"[:1000]
+        error = _text(f"{type(exc).__name__}: {exc}"[:1000])
     wait = None
     if response is not None and answered is not None and status in RETRY_AFTER_STATUSES:
         wait = retry_after(response.headers.get("Retry-After"), answered)

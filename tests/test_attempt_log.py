@@ -160,6 +160,22 @@ def receive(changes: list[object]) -> None:
     """A local subscriber that accepts everything."""
 
 
+def refuse_with_nul(changes: list[object]) -> None:
+    """A local subscriber whose error message holds a NUL character."""
+    raise ValueError("bad\x00byte")
+
+
+def test_an_error_with_a_nul_character_is_recorded() -> None:
+    subscription = Subscription.objects.create(
+        name="nul", target="python:tests.test_attempt_log.refuse_with_nul", cursor="0-0"
+    )
+    batch = delivery.Batch("b", ['{"id": "1-1"}'], Position(1, 1), Position(1, 1))
+    attempt = delivery.send(subscription, batch)
+    assert not attempt.ok and attempt.answered is None
+    delivery.record(subscription, batch, attempt)  # PostgreSQL text refuses NUL: replaced
+    assert Delivery.objects.get().error == "ValueError: bad\ufffdbyte"
+
+
 def test_admin_shows_the_attempt_log(api: Client, owner: User) -> None:
     subscription = Subscription.objects.create(owner=owner, name="s", target="http://x.test/")
     now = timezone.now()
