@@ -146,6 +146,23 @@ def test_410_appends_disabled_and_signals(
 
 
 @override_settings(PUBSUBPULL=SETTINGS)
+def test_a_filter_failing_until_the_schedule_is_used_up_appends_failing(
+    api: Client, httpserver: HTTPServer, heard: Heard
+) -> None:
+    receiver = Receiver()
+    put(api, "bad-filter", {"target": hook(httpserver, receiver), "topics": ["shop.#"]}, 201)
+    # a filter that fails whenever it runs, as one written by SQL may
+    Subscription.objects.filter(name="bad-filter").update(filter="$.new ?? (")
+    Customer.objects.create(name="x")
+    drain(lambda: Subscription.objects.get(name="bad-filter").status == "failing")
+    ((topic, event),) = events()
+    assert topic == "pubsubpull.subscription.failing" and event["failures"] == 3
+    assert event["last_error"].startswith("the filter is not a valid SQL/JSON path")
+    assert [(name, sub) for name, sub, _ in heard.calls] == [("failing", "bad-filter")]
+    assert receiver.requests == []
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
 def test_a_failing_retry_is_not_an_event(api: Client, httpserver: HTTPServer) -> None:
     receiver = Receiver(statuses=[500, 500])  # two failures, then a success: never failing
     put(api, "blip", {"target": hook(httpserver, receiver)}, status=201)
