@@ -147,7 +147,9 @@ def _paths() -> dict[str, Any]:
                     _query(
                         "topics",
                         "Comma-separated topic patterns: dot-separated words, `*` matches one "
-                        "word, `#` zero or more (e.g. `shop.order.*,shop.customer.delete`).",
+                        "word, `#` zero or more (e.g. `shop.order.*,shop.customer.delete`). "
+                        "pubsubpull's own `pubsubpull.subscription.*` events come only to "
+                        "patterns starting with `pubsubpull`.",
                         {"type": "string", "pattern": TOPICS},
                         empty=True,
                     ),
@@ -384,9 +386,10 @@ SCHEMAS: dict[str, Any] = {
                 "items": {"type": "string", "pattern": TOPIC},
                 "default": [],
                 "description": "Topic patterns (`*` one word, `#` zero or more) of tracked "
-                "models the caller may view, or of custom events (including pubsubpull's own "
-                "`pubsubpull.subscription.failing`, `.disabled` and `.recovered` of the "
-                "caller's subscriptions, or of all for staff); `[]` for all of them.",
+                "models the caller may view, or of custom events; `[]` for all of them. "
+                "pubsubpull's own `pubsubpull.subscription.failing`, `.disabled` and "
+                "`.recovered` events (of the caller's subscriptions, or of all for staff) "
+                "come only to patterns starting with `pubsubpull`.",
                 "examples": [["shop.order.*", "shop.customer.delete"]],
             },
             "filter": {

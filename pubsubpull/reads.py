@@ -102,8 +102,8 @@ NO_EVENTS = Events()
 def scope(user: Any | None) -> tuple[list[str], Events]:
     """The model labels whose changes ``user`` may see, and which custom events:
     declared ones need ``pubsubpull.view_change``; pubsubpull's own subscription events
-    (``pubsubpull.subscription.*``) are its owner's, and staff see all of them. ``None``
-    is the service's own code: everything."""
+    (``pubsubpull.subscription.*``, to readers whose topics name them) are its owner's,
+    and staff see all of them. ``None`` is the service's own code: everything."""
     if user is None:
         return [t.label for t in registry.tracked()], ALL_EVENTS
     seen = Events(
@@ -173,6 +173,15 @@ def count_changes(
         return int(cursor.fetchone()[0])
 
 
+def names_subscription_events(patterns: list[str]) -> bool:
+    """Whether a topic pattern asks for pubsubpull's own subscription events by name: its
+    first word is ``pubsubpull`` (``pubsubpull.subscription.*``, ``pubsubpull.#``). Only
+    such a reader gets them: all topics (``[]``) and patterns starting with a wildcard
+    (``#``) select what they did before these events existed."""
+    app = SUBSCRIPTION_EVENTS.split(".")[0]
+    return any(pattern.split(".")[0] == app for pattern in patterns)
+
+
 def _visible(
     models: list[str], after: Position, patterns: list[str], events: bool | Events
 ) -> dict[str, Any]:
@@ -185,6 +194,7 @@ def _visible(
         "models": models,
         "events": events.declared,
         "subscription_events": SUBSCRIPTION_EVENTS,
+        "named": names_subscription_events(patterns),
         "all_subscriptions": events.all_subscriptions,
         "owner": None if events.owner is None else str(events.owner),
         "topics": topics.any_regex(patterns),

@@ -103,14 +103,13 @@ def test_recovery_after_resume_appends_recovered_and_signals_once(
 ) -> None:
     receiver = Receiver(statuses=[500, 500, 500])
     target = hook(httpserver, receiver)
-    # shop.# only: its owner is staff, who would receive the events too
-    put(api, "flaky", {"target": target, "batch_size": 1, "topics": ["shop.#"]}, status=201)
+    put(api, "flaky", {"target": target, "batch_size": 1}, status=201)
     Customer.objects.create(name="one")
     drain(lambda: Subscription.objects.get(name="flaky").status == "failing")
     since = Subscription.objects.get(name="flaky").down_since
     assert since is not None
 
-    put(api, "flaky", {"target": target, "topics": ["shop.#"], "status": "active"}, 200)
+    put(api, "flaky", {"target": target, "status": "active"}, status=200)  # resumed
     assert Subscription.objects.get(name="flaky").down_since == since  # still down
     drain(lambda: len(receiver.changes()) == 4)  # three failures and the success
     Customer.objects.create(name="two")  # a second success tells no one
@@ -192,18 +191,61 @@ def test_a_broken_signal_receiver_does_not_stop_delivery(
     assert "the pager is down" in caplog.text
 
 
+def paused(owner: User, name: str) -> Subscription:
+    """A subscription that delivers nothing while a test runs."""
+    return Subscription.objects.create(
+        owner=owner, name=name, target="http://x.test/", status="paused"
+    )
+
+
 def tell(subscription: Subscription, status: str) -> None:
     data = subscription_events.payload(subscription, status, "HTTP 500", 9, None)
     with transaction.atomic():
         subscription_events.tell(subscription, status, data)
 
 
-def pulled(user: User) -> list[str]:
+def pulled(user: User, topics: str | None = None) -> list[str]:
+    """What ``user`` pulls: with ``topics``, their topics; else ``name op`` of each
+    subscription event."""
     client = Client()
     client.force_login(user)
-    response = client.get(TOPICS)
+    url = TOPICS if topics is None else f"/pubsubpull/changes/?topics={topics}"
+    response = client.get(url)
     assert response.status_code == 200, response.content
-    return [f"{c['new']['name']} {c['op']}" for c in response.json()["results"]]
+    results = response.json()["results"]
+    if topics is not None:
+        return [c["topic"] for c in results]
+    return [f"{c['new']['name']} {c['op']}" for c in results]
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
+def test_only_topics_that_name_them_get_the_events(
+    api: Client, owner: User, httpserver: HTTPServer
+) -> None:
+    """All topics ([]) and wildcards select what they did before these events existed."""
+    receivers = {topics: Receiver() for topics in ("", "#", "*.*.*")}
+    for index, (topics, receiver) in enumerate(receivers.items()):
+        body = {
+            "target": hook(httpserver, receiver, f"/r{index}"),
+            "topics": [topics] if topics else [],
+        }
+        put(api, f"r{index}", body, status=201)
+    named = Receiver()
+    body = {"target": hook(httpserver, named, "/named"), "topics": ["pubsubpull.subscription.#"]}
+    put(api, "named", body, status=201)
+    tell(paused(owner, "s"), "failing")
+    Customer.objects.create(name="after")
+    drain(lambda: bool(named.changes()) and all(r.changes() for r in receivers.values()))
+    drain(lambda: True)
+    assert [c["topic"] for c in named.changes()] == ["pubsubpull.subscription.failing"]
+    for topics, receiver in receivers.items():
+        assert [c["topic"] for c in receiver.changes()] == ["shop.customer.insert"], topics
+    for topics in ("", "%23"):  # pulls of every topic, and of #
+        assert "shop.customer.insert" in pulled(owner, topics)
+        assert "pubsubpull.subscription.failing" not in pulled(owner, topics)
+    assert pulled(owner, "*.subscription.*") == []
+    assert pulled(owner, "pubsubpull.%23") == ["pubsubpull.subscription.failing"]
+    assert pulled(owner, "pubsubpull.subscription.disabled") == []
 
 
 def test_events_are_visible_to_their_owner_and_to_staff() -> None:
@@ -235,8 +277,7 @@ def test_an_owner_can_subscribe_to_their_subscriptions_events(
     watcher = Receiver()
     put(client, "watch", {"target": hook(httpserver, watcher, "/watch"),
                           "topics": ["pubsubpull.subscription.*"]}, status=201)  # fmt: skip
-    broken = Subscription.objects.create(owner=alice, name="broken", target="http://x.test/")
-    others = Subscription.objects.create(owner=owner, name="others", target="http://x.test/")
+    broken, others = paused(alice, "broken"), paused(owner, "others")
     tell(broken, "failing")
     tell(others, "failing")  # another owner's: not alice's to see
     drain(lambda: bool(watcher.changes()))
@@ -264,7 +305,7 @@ def test_local_subscribers_receive_every_subscriptions_events(
     pubsubpull.on("pubsubpull.subscription.*")(remember)
     local_subscribers.sync()
     someone = User.objects.create_user("someone")
-    tell(Subscription.objects.create(owner=someone, name="s", target="http://x.test/"), "failing")
+    tell(paused(someone, "s"), "failing")
     drain(lambda: bool(seen))
     assert [[c["topic"] for c in batch] for batch in seen] == [["pubsubpull.subscription.failing"]]
 
