@@ -11,6 +11,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db.models import ForeignKey, QuerySet
 from django.http import HttpRequest
+from django.utils.html import format_html
 
 from . import subscriptions
 from .models import Change, Delivery, Request, Subscription, SubscriptionQuerySet
@@ -26,6 +27,16 @@ class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+def _headers(headers: Any) -> str:
+    """Headers one per line, ``Name: value``, as they travel (escaped when shown)."""
+    if not isinstance(headers, dict):
+        return ""
+    return format_html(
+        '<pre style="white-space: pre-wrap">{}</pre>',
+        "\n".join(f"{name}: {value}" for name, value in headers.items()),
+    )
 
 
 class ChangedFields:
@@ -206,6 +217,7 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "last_error",
         "next_attempt",
         "last_delivered",
+        "down_since",
         "created",
         "updated",
     ]
@@ -216,6 +228,7 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "last_error",
         "next_attempt",
         "last_delivered",
+        "down_since",
         "created",
         "updated",
     ]
@@ -294,13 +307,38 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 @admin.register(Delivery)
 class DeliveryAdmin(ReadOnlyAdmin):
-    """Delivery attempts; staff who are not superusers see their own subscriptions' only."""
+    """Delivery attempts, each with what was sent and what came back (the attempt log);
+    staff who are not superusers see their own subscriptions' only."""
 
     list_display = ["created", "subscription", "count", "first", "last", "status_code", "error"]
     list_filter = ["status_code"]
     list_select_related = ["subscription"]
     date_hierarchy = "created"
     show_full_result_count = False
+    fields = readonly_fields = (
+        "subscription",
+        "batch_id",
+        "first",
+        "last",
+        "count",
+        "sent",
+        "answered",
+        "duration",
+        "status_code",
+        "error",
+        "sent_headers",
+        "answer_headers",
+        "response_body",
+        "created",
+    )
+
+    @admin.display(description="request headers")
+    def sent_headers(self, delivery: Delivery) -> str:
+        return _headers(delivery.request_headers)
+
+    @admin.display(description="response headers")
+    def answer_headers(self, delivery: Delivery) -> str:
+        return _headers(delivery.response_headers)
 
     def get_list_filter(self, request: HttpRequest) -> Any:
         # the subscription filter lists every subscription's name: superusers only

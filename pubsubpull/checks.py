@@ -160,7 +160,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     ``PUBSUBPULL`` not a dict, E012 unknown key, E013 TRACK,
     E014 EVENTS, E015 MAX_FAILURES, E016 RETRY_BASE and RETRY_CAP, E017
     DELIVERY_TIMEOUT, E018 MAX_WAIT, E019 SWEEP_INTERVAL, E020 PAGE_SIZE and
-    MAX_PAGE_SIZE, E030 RETENTION."""
+    MAX_PAGE_SIZE, E022 RETRY_SCHEDULE, E030 RETENTION."""
     from . import conf, events, ssrf
 
     errors = _check_keys(conf) + _check_retention(conf)
@@ -201,6 +201,15 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     errors += _check_track(conf)
     if _is_names(conf.get("EVENTS")):
         for label in events.labels():
+            if label == events.SUBSCRIPTION:
+                errors.append(
+                    checks.Error(
+                        f"PUBSUBPULL['EVENTS'] names {label!r}, pubsubpull's own event label.",
+                        hint="Its events (.failing, .disabled, .recovered) are published by "
+                        "pubsubpull and need no declaration: remove it, or pick another label.",
+                        id="pubsubpull.E014",
+                    )
+                )
             if label in registry.labels():
                 errors.append(
                     checks.Error(
@@ -220,7 +229,60 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             )
         )
     errors += _check_numbers(conf)
+    errors += _check_retry_schedule(conf)
     return errors
+
+
+#: The longest delay a retry schedule may hold, in seconds (30 days).
+LONGEST_RETRY = 30 * 24 * 3600
+
+
+def _check_retry_schedule(conf: Any) -> list[checks.CheckMessage]:
+    """E022: RETRY_SCHEDULE is a list of delays in seconds, each 0 to 30 days."""
+    schedule = conf.get("RETRY_SCHEDULE")
+    if isinstance(schedule, list | tuple) and all(
+        _is_number(delay) and 0 <= delay <= LONGEST_RETRY for delay in schedule
+    ):
+        return []
+    return [
+        checks.Error(
+            f"PUBSUBPULL['RETRY_SCHEDULE'] must be a list of delays in seconds, each from 0 "
+            f"to {LONGEST_RETRY} (30 days), not {schedule!r}.",
+            hint="The seconds to wait after each failed delivery attempt in a row; the "
+            f"subscription is 'failing' after the last. Leave it out for the default, "
+            f"{conf.DEFAULTS['RETRY_SCHEDULE']!r} (about 27 hours).",
+            id="pubsubpull.E022",
+        )
+    ]
+
+
+@checks.register()
+def check_deprecated_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """W002: MAX_FAILURES, RETRY_BASE and RETRY_CAP are deprecated for RETRY_SCHEDULE
+    (they still work while RETRY_SCHEDULE is not set)."""
+    from . import conf
+
+    raw = conf.configured()
+    old = [key for key in conf.LEGACY_RETRY_KEYS if key in raw]
+    if not old:
+        return []
+    if "RETRY_SCHEDULE" in raw:
+        effect = "it is ignored: RETRY_SCHEDULE is set"
+        hint = "Remove it from PUBSUBPULL."
+    else:
+        effect = "it still works, as a doubling retry schedule"
+        schedule = conf.retry_schedule()
+        same = f"; the same schedule is {list(schedule)!r}" if len(schedule) <= 20 else ""
+        hint = (
+            f"Replace {', '.join(old)} with RETRY_SCHEDULE, the seconds to wait after each "
+            f"failed attempt{same}."
+        )
+    return [
+        checks.Warning(
+            f"PUBSUBPULL[{key!r}] is deprecated: {effect}.", hint=hint, id="pubsubpull.W002"
+        )
+        for key in old
+    ]
 
 
 def _is_names(value: object) -> bool:

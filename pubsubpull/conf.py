@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any, TypedDict, cast
+from typing import Any, TypedDict, cast, overload
 
 from django.conf import settings as django_settings
 
@@ -21,6 +21,10 @@ DEFAULTS: dict[str, Any] = {
     "EVENTS": [],
     # URL prefixes always allowed as subscription targets (e.g. "http://127.0.0.1:8001/")
     "ALLOWED_TARGETS": [],
+    # seconds to wait after each failed delivery attempt in a row; once they are used up
+    # the subscription is "failing" (the Standard Webhooks example: about 27 hours)
+    "RETRY_SCHEDULE": [0, 5, 300, 1800, 7200, 18000, 36000, 36000],
+    # deprecated (check W002): set, and RETRY_SCHEDULE not, they make a doubling schedule
     "MAX_FAILURES": 10,
     "RETRY_BASE": 1.0,
     "RETRY_CAP": 3600.0,
@@ -126,6 +130,64 @@ def track() -> dict[str, TrackOptions]:
     }
 
 
+#: The keys RETRY_SCHEDULE replaces (check W002).
+LEGACY_RETRY_KEYS = ("MAX_FAILURES", "RETRY_BASE", "RETRY_CAP")
+
+
+class DoublingSchedule(Sequence[float]):
+    """The retry schedule of the deprecated keys: ``MAX_FAILURES - 1`` delays, the first
+    ``RETRY_BASE`` seconds, each twice the one before, at most ``RETRY_CAP``.
+
+    Computed on use, not built as a list: ``MAX_FAILURES`` may be huge ("never failing").
+    """
+
+    def __init__(self, max_failures: int, base: float, cap: float) -> None:
+        self.length = max(0, max_failures - 1)
+        self.base = base
+        self.cap = cap
+
+    def __len__(self) -> int:
+        return self.length
+
+    @overload
+    def __getitem__(self, index: int) -> float: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[float]: ...
+
+    def __getitem__(self, index: int | slice) -> float | Sequence[float]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.length))]
+        if index < 0:
+            index += self.length
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        return float(min(self.cap, self.base * 2 ** min(index, 60)))
+
+    def __repr__(self) -> str:
+        return f"DoublingSchedule({self.length + 1}, {self.base!r}, {self.cap!r})"
+
+
+def retry_schedule() -> Sequence[float]:
+    """``PUBSUBPULL["RETRY_SCHEDULE"]``; when it is not set but one of the deprecated
+    ``MAX_FAILURES``, ``RETRY_BASE``, ``RETRY_CAP`` is, the schedule they describe."""
+    values = configured()
+    if "RETRY_SCHEDULE" in values or not any(key in values for key in LEGACY_RETRY_KEYS):
+        return cast(Sequence[float], get("RETRY_SCHEDULE"))
+    return DoublingSchedule(
+        int(get("MAX_FAILURES")), float(get("RETRY_BASE")), float(get("RETRY_CAP"))
+    )
+
+
+def longest_retry_delay() -> float:
+    """The longest delay of the retry schedule (0 for an empty one): the most a
+    ``Retry-After`` answer can make a subscription wait."""
+    schedule = retry_schedule()
+    if isinstance(schedule, DoublingSchedule):  # growing: its last delay, not a scan
+        return schedule[-1] if len(schedule) else 0.0
+    return float(max(schedule, default=0.0))
+
+
 class Settings:
     """``PUBSUBPULL`` with one typed property per key, each its default when not set."""
 
@@ -145,18 +207,26 @@ class Settings:
         return cast(Sequence[str], get("ALLOWED_TARGETS"))
 
     @property
+    def RETRY_SCHEDULE(self) -> Sequence[float]:
+        """Seconds to wait after each failed attempt in a row; ``failing`` after the
+        last (the deprecated keys' doubling schedule when only they are set)."""
+        return retry_schedule()
+
+    @property
     def MAX_FAILURES(self) -> int:
-        """Failed deliveries in a row before a subscription is ``failing``."""
+        """Deprecated (use ``RETRY_SCHEDULE``): failed deliveries in a row before a
+        subscription is ``failing``."""
         return cast(int, get("MAX_FAILURES"))
 
     @property
     def RETRY_BASE(self) -> float:
-        """Seconds before the first retry, doubled each time (with jitter)."""
+        """Deprecated (use ``RETRY_SCHEDULE``): seconds before the first retry, doubled
+        each time."""
         return cast(float, get("RETRY_BASE"))
 
     @property
     def RETRY_CAP(self) -> float:
-        """Longest retry delay, in seconds."""
+        """Deprecated (use ``RETRY_SCHEDULE``): longest retry delay, in seconds."""
         return cast(float, get("RETRY_CAP"))
 
     @property

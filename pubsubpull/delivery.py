@@ -8,21 +8,25 @@ subscription (:func:`claimed`). No transaction is held across the network call.
 from __future__ import annotations
 
 import json
+import math
 import random
+import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import DatabaseError, connection, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
+from django.utils.http import parse_http_date_safe
 from django.utils.module_loading import import_string
 
-from . import conf, reads, transport, webhooks
+from . import conf, reads, subscription_events, transport, webhooks
 from .crypto import decrypt
 from .models import LOCAL_PREFIX, Delivery, Subscription
 from .positions import START, Position
@@ -31,6 +35,21 @@ from .sql import load
 # First key of pubsubpull's advisory locks ("pspb"); the second is a subscription id
 # (an int4: ids past 2**31 would need the one-bigint form of the lock functions).
 CLAIMS = 0x70737062
+#: How much a retry delay varies either way at random (jitter), so that subscriptions
+#: that failed together do not all come back at the same moment.
+JITTER = 0.1
+#: Answers whose ``Retry-After`` header is honoured: Too Many Requests, Unavailable.
+RETRY_AFTER_STATUSES = (429, 503)
+#: How much of an answer's body the attempt log keeps (``Delivery.response_body``).
+LOGGED_BODY_BYTES = 4096
+#: Characters of a response header's name or value the attempt log keeps.
+LOGGED_HEADER_CHARS = 1000
+#: Request headers whose values the attempt log keeps; any other is stored as
+#: :data:`REDACTED` (the signature, or a credential a subscriber added).
+LOGGED_REQUEST_HEADERS = frozenset(
+    {"content-type", "user-agent", "webhook-id", "webhook-timestamp"}
+)
+REDACTED = "REDACTED"
 
 
 @dataclass(frozen=True)
@@ -43,18 +62,29 @@ class Batch:
 
 @dataclass(frozen=True)
 class Attempt:
+    """One delivery attempt, as :func:`send` made it and the attempt log stores it."""
+
     status_code: int | None
     error: str
     duration: timedelta
+    #: Seconds the target asked to wait (``Retry-After`` of a 429 or 503), if it did.
+    retry_after: float | None = None
+    request_headers: dict[str, str] = field(default_factory=dict)  # redacted
+    response_headers: dict[str, str] = field(default_factory=dict)
+    response_body: str = ""  # the first LOGGED_BODY_BYTES, decoded
+    sent: datetime | None = None
+    answered: datetime | None = None  # None: no answer (network error, timeout)
 
     @property
     def ok(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-def _selection(subscription: Subscription) -> tuple[list[str], Position, list[str], bool]:
+def _selection(
+    subscription: Subscription,
+) -> tuple[list[str], Position, list[str], reads.Events]:
     """What a subscription reads: the model labels its owner may view, its cursor, its
-    topic patterns, and whether custom events too."""
+    topic patterns, and which custom events its owner may see."""
     labels, events = reads.scope(subscription.owner)  # no owner: a local subscriber
     return labels, Position.parse(subscription.cursor), list(subscription.topics), events
 
@@ -131,7 +161,7 @@ def next_batch(subscription: Subscription) -> Batch | None:
 
 def max_bytes(subscription: Subscription) -> int:
     """The most bytes a body of the subscription's may have."""
-    return subscription.max_bytes or int(conf.get("MAX_BATCH_BYTES"))
+    return subscription.max_bytes or conf.settings.MAX_BATCH_BYTES
 
 
 def fitting(subscription: Subscription, changes: list[str]) -> int:
@@ -183,20 +213,49 @@ def body(subscription: Subscription, batch: Batch) -> bytes:
 def send(subscription: Subscription, batch: Batch) -> Attempt:
     """Deliver one batch: an HTTP request to the target (PUT; POST of its one change in
     the standard format), or a call of a local subscriber."""
+    sent = timezone.now()
     started = time.monotonic()
     status: int | None = None
     error = ""
+    headers: dict[str, str] = {}
+    response: transport.Response | None = None
+    answered: datetime | None = None
     try:
         if subscription.target.startswith(LOCAL_PREFIX):
             receiver = import_string(subscription.target[len(LOCAL_PREFIX) :])
             receiver([json.loads(change) for change in batch.changes])
-            status = 200
+            status, answered = 200, timezone.now()
         else:
-            status, error = _http(subscription, batch)
+            data, headers = request(subscription, batch)
+            # Connects to the address it checked (no second DNS answer), follows no
+            # redirect, ends at DELIVERY_TIMEOUT in all and reads at most 64 KiB.
+            response = transport.send(
+                "POST" if is_standard(subscription) else "PUT",
+                subscription.target,
+                data,
+                headers,
+                conf.settings.DELIVERY_TIMEOUT,
+            )
+            status, error, answered = response.status, _error(response), timezone.now()
     except Exception as exc:  # noqa: BLE001 - any failure (network, SSRF re-check, unreadable
-        # secret, a local subscriber's exception) is a failed attempt, retried with backoff
-        error = f"{type(exc).__name__}: {exc}"[:1000]
-    return Attempt(status, error, timedelta(seconds=time.monotonic() - started))
+        # secret, a local subscriber's exception) is a failed attempt, retried on schedule
+        error = _text(f"{type(exc).__name__}: {exc}"[:1000])
+    wait = None
+    if response is not None and answered is not None and status in RETRY_AFTER_STATUSES:
+        wait = retry_after(response.headers.get("Retry-After"), answered)
+    return Attempt(
+        status,
+        error,
+        timedelta(seconds=time.monotonic() - started),
+        wait,
+        request_headers=logged_request_headers(headers),
+        response_headers=_logged_headers(response.headers) if response else {},
+        response_body=_text(response.body[:LOGGED_BODY_BYTES].decode(errors="replace"))
+        if response
+        else "",
+        sent=sent,
+        answered=answered,
+    )
 
 
 def signing_secrets(subscription: Subscription, now: datetime) -> list[str]:
@@ -218,7 +277,9 @@ def extra_headers(subscription: Subscription) -> dict[str, str]:
     }
 
 
-def _http(subscription: Subscription, batch: Batch) -> tuple[int, str]:
+def request(subscription: Subscription, batch: Batch) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of the request of a batch: signed with the subscription's
+    secrets (two during a rotation), with the subscription's own headers."""
     data = body(subscription, batch)
     headers = {"Content-Type": "application/json", "User-Agent": "pubsubpull"}
     headers |= extra_headers(subscription)  # never hop-by-hop or webhook-* (subscriptions.py)
@@ -227,31 +288,75 @@ def _http(subscription: Subscription, batch: Batch) -> tuple[int, str]:
         headers |= webhooks.sign(keys, batch.id, data)
     else:
         headers |= {"webhook-id": batch.id, "webhook-timestamp": str(int(time.time()))}
-    # Connects to the address it checked (no second DNS answer), follows no redirect,
-    # ends at DELIVERY_TIMEOUT in all and reads at most 64 KiB of the answer.
-    response = transport.send(
-        "POST" if is_standard(subscription) else "PUT",
-        subscription.target,
-        data,
-        headers,
-        float(conf.get("DELIVERY_TIMEOUT")),
-    )
+    return data, headers
+
+
+def _error(response: transport.Response) -> str:
+    """What went wrong, for ``last_error``: "" for a 2xx."""
     if 200 <= response.status < 300:
-        return response.status, ""
-    error = f"HTTP {response.status}: {response.body[:200].decode(errors='replace')}"
+        return ""
     if 300 <= response.status < 400:
-        error = (
+        return (
             f"HTTP {response.status}: redirects are not followed; subscribe the final URL "
             f"({response.location[:200] or 'no Location header'})"
         )
-    return response.status, error
+    return _text(f"HTTP {response.status}: {response.body[:200].decode(errors='replace')}")
 
 
-def backoff(failures: int) -> timedelta:
-    """Exponential backoff with jitter: base * 2^(failures-1), capped, times 0.5 to 1."""
-    base, cap = float(conf.get("RETRY_BASE")), float(conf.get("RETRY_CAP"))
-    delay = min(cap, base * 2 ** min(failures - 1, 60))
-    return timedelta(seconds=delay * random.uniform(0.5, 1.0))
+def logged_request_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Request headers as the attempt log keeps them: the values of
+    :data:`LOGGED_REQUEST_HEADERS`, every other value (the signature, headers a
+    subscriber added such as ``Authorization``) replaced by :data:`REDACTED`."""
+    return {
+        name: value if name.lower() in LOGGED_REQUEST_HEADERS else REDACTED
+        for name, value in headers.items()
+    }
+
+
+def _logged_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Response headers as the attempt log keeps them, each name and value cut short."""
+    return {
+        _text(name[:LOGGED_HEADER_CHARS]): _text(value[:LOGGED_HEADER_CHARS])
+        for name, value in headers.items()
+    }
+
+
+def _text(value: str) -> str:
+    """``value`` storable in PostgreSQL text and jsonb, which refuse NUL characters."""
+    return value.replace("\x00", "\ufffd")
+
+
+_SECONDS = re.compile("[0-9]+")
+
+
+def retry_after(value: str | None, now: datetime) -> float | None:
+    """The seconds a ``Retry-After`` header value asks to wait (RFC 9110 section 10.2.3:
+    delay-seconds or an HTTP date, compared with ``now``); None when it is absent or
+    unreadable, which is ignored rather than an error: the schedule applies."""
+    if not value:
+        return None
+    value = value.strip()
+    if _SECONDS.fullmatch(value):
+        # many digits: longer than any schedule, which caps it anyway
+        return float(value) if len(value) <= 15 else math.inf
+    epoch = parse_http_date_safe(value)
+    if epoch is None:
+        return None
+    return max(0.0, epoch - now.timestamp())
+
+
+def retry_delay(failures: int, retry_after: float | None = None) -> timedelta | None:
+    """How long to wait after the ``failures``-th failed attempt in a row: that delay
+    of ``RETRY_SCHEDULE``, give or take :data:`JITTER`, and at least ``retry_after``
+    seconds (what the target asked, capped at the schedule's longest delay). None when
+    the schedule is used up: the subscription is failing."""
+    schedule = conf.settings.RETRY_SCHEDULE
+    if failures > len(schedule):
+        return None
+    delay = float(schedule[failures - 1]) * random.uniform(1 - JITTER, 1 + JITTER)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, conf.longest_retry_delay()))
+    return timedelta(seconds=delay)
 
 
 def record(
@@ -276,19 +381,62 @@ def record(
             status_code=attempt.status_code,
             error=attempt.error,
             duration=attempt.duration,
+            request_headers=attempt.request_headers,
+            response_headers=attempt.response_headers,
+            response_body=attempt.response_body,
+            sent=attempt.sent,
+            answered=attempt.answered,
         )
         # Only the batch this attempt sent: a PUT that replayed or replaced the
         # subscription meanwhile wins.
         in_flight = Subscription.objects.filter(pk=subscription.pk, batch_id=flight.id)
         if attempt.ok and batch.last < flight.last:
-            in_flight.delivered_change(batch.last, now)
+            if in_flight.delivered_change(batch.last, now):
+                _recovered(subscription)
             return now
         if attempt.ok:
-            in_flight.delivered(flight.last, now)
+            if in_flight.delivered(flight.last, now):
+                _recovered(subscription)
             return now
-        updates, when = _failed(subscription, attempt, now)
-        in_flight.update(**updates)
+        return _fail(in_flight, subscription, attempt, now)
+
+
+def _fail(
+    in_flight: QuerySet[Subscription],
+    subscription: Subscription,
+    attempt: Attempt,
+    now: datetime,
+) -> datetime | None:
+    """Record a failed attempt on the subscription (if ``in_flight`` still selects it),
+    telling operators when it stops; returns when to try again. In a transaction."""
+    updates, when = _failed(subscription, attempt, now)
+    if in_flight.update(**updates) and "status" in updates:
+        status = str(updates["status"])
+        data = subscription_events.payload(
+            subscription,
+            status,
+            updates["last_error"],
+            subscription.failures + 1,
+            subscription.down_since or now,
+        )
+        subscription_events.tell(subscription, status, data)
     return when
+
+
+def _recovered(subscription: Subscription) -> None:
+    """After a delivered batch: if the subscription was failing or disabled, it is no
+    longer down, and operators are told. In a transaction."""
+    if Subscription.objects.filter(pk=subscription.pk, down_since__isnull=False).update(
+        down_since=None
+    ):
+        data = subscription_events.payload(
+            subscription,
+            str(Subscription.Status.ACTIVE),
+            subscription.last_error,
+            subscription.failures,
+            subscription.down_since,
+        )
+        subscription_events.tell(subscription, subscription_events.RECOVERED, data)
 
 
 def _failed(
@@ -297,16 +445,22 @@ def _failed(
     """The subscription's updates after a failed attempt, and when to try again."""
     failures = subscription.failures + 1
     updates: dict[str, Any] = {"failures": F("failures") + 1, "last_error": attempt.error}
-    when: datetime | None
+    when: datetime | None = None
     if attempt.status_code == 410:
         updates["status"] = Subscription.Status.DISABLED
         updates["last_error"] += " (410 Gone: subscription disabled)"
-        when = None
-    elif failures >= int(conf.get("MAX_FAILURES")):
-        updates["status"] = Subscription.Status.FAILING
-        when = None
     else:
-        when = now + backoff(failures)
+        delay = retry_delay(failures, attempt.retry_after)
+        if delay is None:
+            updates["status"] = Subscription.Status.FAILING
+            updates["last_error"] += (
+                f" (failing after {failures} attempts: PUBSUBPULL['RETRY_SCHEDULE'] is used "
+                "up; resume it to try again)"
+            )
+        else:
+            when = now + delay
+    if "status" in updates:  # down: since the first time, until a batch is delivered
+        updates["down_since"] = Coalesce(F("down_since"), Value(now))
     updates["next_attempt"] = when
     return updates, when
 
@@ -315,7 +469,6 @@ def record_read_failure(subscription: Subscription, error: reads.QueryFailed) ->
     """A failed read of the subscription's changes (its filter failed or was too slow):
     a failed attempt of this subscription alone, recorded and retried like one."""
     attempt = Attempt(None, str(error)[:1000], timedelta(0))
-    updates, when = _failed(subscription, attempt, timezone.now())
     with transaction.atomic():
         Delivery.objects.create(
             subscription=subscription,
@@ -326,10 +479,8 @@ def record_read_failure(subscription: Subscription, error: reads.QueryFailed) ->
             error=attempt.error,
             duration=attempt.duration,
         )
-        Subscription.objects.filter(pk=subscription.pk, batch_id=subscription.batch_id).update(
-            **updates
-        )
-    return when
+        in_flight = Subscription.objects.filter(pk=subscription.pk, batch_id=subscription.batch_id)
+        return _fail(in_flight, subscription, attempt, timezone.now())
 
 
 def deliver(subscription_id: int) -> datetime | None:
@@ -372,7 +523,7 @@ def deliver_each(
     """
     started = time.monotonic()
     if budget is None:
-        budget = float(conf.get("DELIVERY_TIMEOUT"))
+        budget = conf.settings.DELIVERY_TIMEOUT
     when: datetime | None = None
     in_flight = Subscription.objects.filter(
         pk=subscription.pk, batch_id=batch.id, status=Subscription.Status.ACTIVE

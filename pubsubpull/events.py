@@ -17,9 +17,22 @@ class InvalidEvent(ValueError):
     """A topic or payload that cannot be published."""
 
 
+#: The label of pubsubpull's own events about subscriptions
+#: (``pubsubpull.subscription.failing``, ``.disabled``, ``.recovered``): each is visible to
+#: the subscription's owner and to staff only (:func:`pubsubpull.reads.scope`), and
+#: :func:`publish` refuses it.
+SUBSCRIPTION = "pubsubpull.subscription"
+
+
 def labels() -> list[str]:
     """Custom event labels declared in ``PUBSUBPULL["EVENTS"]``."""
     return [str(label).lower() for label in conf.settings.EVENTS]
+
+
+def known_labels() -> list[str]:
+    """Labels of the custom events a topic pattern may name: the declared ones and
+    pubsubpull's own (:data:`SUBSCRIPTION`)."""
+    return [*labels(), SUBSCRIPTION]
 
 
 def publish(topic: str, payload: Any) -> Change:
@@ -37,6 +50,8 @@ def publish(topic: str, payload: Any) -> Change:
     label, op = topic.rsplit(".", 1)
     if registry.get(label) is not None:
         raise InvalidEvent(f"{topic!r} would collide with the row changes of tracked {label}")
+    if label.lower() == SUBSCRIPTION:
+        raise InvalidEvent(f"{topic!r}: {SUBSCRIPTION} events are pubsubpull's own")
     if label.lower() not in labels():
         raise InvalidEvent(
             f"{label!r} is not a declared event label: add it to PUBSUBPULL['EVENTS']"
@@ -45,6 +60,17 @@ def publish(topic: str, payload: Any) -> Change:
         json.dumps(payload, cls=DjangoJSONEncoder)
     except TypeError as error:
         raise InvalidEvent(f"the payload must be JSON-serialisable: {error}") from None
+    return _append(label, op, payload)
+
+
+def publish_subscription_event(op: str, payload: dict[str, Any]) -> Change:
+    """Append pubsubpull's own ``pubsubpull.subscription.<op>`` event, in the caller's
+    transaction (the payload names the subscription's ``owner_id``, which decides who
+    may see it)."""
+    return _append(SUBSCRIPTION, op, payload)
+
+
+def _append(label: str, op: str, payload: Any) -> Change:
     state = current()
     request_id = None
     if state is not None and state.request is not None:
@@ -56,7 +82,7 @@ def publish(topic: str, payload: Any) -> Change:
         state.request.wrote = True
         request_id = state.request.metadata["id"]
     change = Change.objects.create(
-        topic=topic,
+        topic=f"{label}.{op}",
         model=label,
         table="",
         op=op,

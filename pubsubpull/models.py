@@ -205,7 +205,7 @@ class Subscription(models.Model):
     class Status(models.TextChoices):
         ACTIVE = "active"
         PAUSED = "paused"
-        FAILING = "failing"  # MAX_FAILURES reached: no attempts until resumed
+        FAILING = "failing"  # RETRY_SCHEDULE used up: no attempts until resumed
         DISABLED = "disabled"  # the target answered 410 Gone
 
     class Payload(models.TextChoices):
@@ -275,6 +275,14 @@ class Subscription(models.Model):
     last_error = models.TextField(blank=True, default="")
     next_attempt = models.DateTimeField(null=True, blank=True)
     last_delivered = models.DateTimeField(null=True, blank=True, editable=False)
+    # Set when it turns failing or disabled (operators are told), cleared by the next
+    # delivered batch (they are told it recovered); resuming leaves it.
+    down_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="when it turned failing or disabled; cleared when a batch is delivered again",
+    )
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 
@@ -314,7 +322,9 @@ class Subscription(models.Model):
 
 
 class Delivery(_Immutable):
-    """One delivery attempt of one batch to one subscription."""
+    """One delivery attempt of one batch to one subscription: what was sent (headers,
+    with the signature redacted) and what came back (status, headers, the first
+    :data:`~pubsubpull.delivery.LOGGED_BODY_BYTES` of the body), and when."""
 
     subscription = models.ForeignKey(
         Subscription, on_delete=models.CASCADE, related_name="deliveries"
@@ -326,6 +336,17 @@ class Delivery(_Immutable):
     status_code = models.PositiveSmallIntegerField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
     duration = models.DurationField()
+    request_headers = models.JSONField(
+        default=dict, blank=True, help_text="sent; the signature and added headers redacted"
+    )
+    response_headers = models.JSONField(default=dict, blank=True)
+    response_body = models.TextField(
+        blank=True, default="", help_text="the first 4 KB of the answer, as text"
+    )
+    sent = models.DateTimeField(null=True, blank=True, help_text="when the attempt began")
+    answered = models.DateTimeField(
+        null=True, blank=True, help_text="when the answer came; empty when none did"
+    )
     created = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:

@@ -153,7 +153,9 @@ def _paths() -> dict[str, Any]:
                     _query(
                         "topics",
                         "Comma-separated topic patterns: dot-separated words, `*` matches one "
-                        "word, `#` zero or more (e.g. `shop.order.*,shop.customer.delete`).",
+                        "word, `#` zero or more (e.g. `shop.order.*,shop.customer.delete`). "
+                        "pubsubpull's own `pubsubpull.subscription.*` events come only to "
+                        "patterns starting with `pubsubpull`.",
                         {"type": "string", "pattern": TOPICS},
                         empty=True,
                     ),
@@ -409,7 +411,10 @@ SCHEMAS: dict[str, Any] = {
                 "items": {"type": "string", "pattern": TOPIC},
                 "default": [],
                 "description": "Topic patterns (`*` one word, `#` zero or more) of tracked "
-                "models the caller may view, or of custom events; `[]` for all of them.",
+                "models the caller may view, or of custom events; `[]` for all of them. "
+                "pubsubpull's own `pubsubpull.subscription.failing`, `.disabled` and "
+                "`.recovered` events (of the caller's subscriptions, or of all for staff) "
+                "come only to patterns starting with `pubsubpull`.",
                 "examples": [["shop.order.*", "shop.customer.delete"]],
             },
             "filter": {
@@ -518,8 +523,8 @@ SCHEMAS: dict[str, Any] = {
             "status": {
                 "type": "string",
                 "enum": list(Subscription.Status.values),
-                "description": "`failing`: stopped after too many failed attempts, until "
-                "resumed; `disabled`: the target answered 410 Gone",
+                "description": "`failing`: stopped once the retry schedule was used up, "
+                "until resumed; `disabled`: the target answered 410 Gone",
             },
             "cursor": {
                 "type": "string",

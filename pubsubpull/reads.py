@@ -15,6 +15,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from psycopg import sql as pgsql
 
 from . import conf, registry, topics, wakeups
+from .events import SUBSCRIPTION as SUBSCRIPTION_EVENTS
 from .positions import Position
 from .sql import load, render
 
@@ -81,12 +82,37 @@ def readable(user: Any) -> list[registry.Tracked]:
     ]
 
 
-def scope(user: Any | None) -> tuple[list[str], bool]:
-    """The model labels whose changes ``user`` may see, and whether custom events too
-    (they need ``pubsubpull.view_change``). ``None`` is the service's own code: all."""
+@dataclass(frozen=True)
+class Events:
+    """Which custom events a reader sees."""
+
+    #: Events of the labels declared in ``PUBSUBPULL["EVENTS"]``.
+    declared: bool = False
+    #: pubsubpull's own subscription events (:data:`events.SUBSCRIPTION`) of every owner.
+    all_subscriptions: bool = False
+    #: ... or those of this owner's subscriptions (a user's primary key).
+    owner: Any = None
+
+
+#: Every custom event: the service's own code.
+ALL_EVENTS = Events(declared=True, all_subscriptions=True)
+#: No custom event.
+NO_EVENTS = Events()
+
+
+def scope(user: Any | None) -> tuple[list[str], Events]:
+    """The model labels whose changes ``user`` may see, and which custom events:
+    declared ones need ``pubsubpull.view_change``; pubsubpull's own subscription events
+    (``pubsubpull.subscription.*``, to readers whose topics name them) are its owner's,
+    and staff see all of them. ``None`` is the service's own code: everything."""
     if user is None:
-        return [t.label for t in registry.tracked()], True
-    return [t.label for t in readable(user)], user.has_perm("pubsubpull.view_change")
+        return [t.label for t in registry.tracked()], ALL_EVENTS
+    seen = Events(
+        declared=user.has_perm("pubsubpull.view_change"),
+        all_subscriptions=bool(user.is_staff),
+        owner=user.pk,
+    )
+    return [t.label for t in readable(user)], seen
 
 
 def changes_page(
@@ -96,14 +122,15 @@ def changes_page(
     limit: int,
     using: str = "default",
     *,
-    events: bool = False,
+    events: bool | Events = False,
     filter: str | None = None,
     until: Position | None = None,
     thin: bool = False,
 ) -> ChangesPage:
     """Changes after ``after`` (up to ``until``) below the horizon, of these model labels
-    (and custom events if ``events``), topic patterns and jsonpath ``filter``; ``thin``:
-    each without ``old`` and ``new`` (the filter still sees them).
+    and the custom events ``events`` allows (an :class:`Events`, True for all, False for
+    none), topic patterns and jsonpath ``filter``; ``thin``: each without ``old`` and
+    ``new`` (the filter still sees them).
 
     A read with topics or a filter runs under ``PUBSUBPULL["FILTER_TIMEOUT"]``; a filter
     that fails or a read that takes too long raises :class:`QueryFailed`.
@@ -136,7 +163,7 @@ def count_changes(
     cap: int,
     using: str = "default",
     *,
-    events: bool = False,
+    events: bool | Events = False,
 ) -> int:
     """How many changes :func:`changes_page` would give without a filter (after ``after``,
     below the horizon, of these model labels, custom events if ``events``, and topic
@@ -151,15 +178,30 @@ def count_changes(
         return int(cursor.fetchone()[0])
 
 
+def names_subscription_events(patterns: list[str]) -> bool:
+    """Whether a topic pattern asks for pubsubpull's own subscription events by name: its
+    first word is ``pubsubpull`` (``pubsubpull.subscription.*``, ``pubsubpull.#``). Only
+    such a reader gets them: all topics (``[]``) and patterns starting with a wildcard
+    (``#``) select what they did before these events existed."""
+    app = SUBSCRIPTION_EVENTS.split(".")[0]
+    return any(pattern.split(".")[0] == app for pattern in patterns)
+
+
 def _visible(
-    models: list[str], after: Position, patterns: list[str], events: bool
+    models: list[str], after: Position, patterns: list[str], events: bool | Events
 ) -> dict[str, Any]:
     """The parameters of ``changes_visible.sql``."""
+    if isinstance(events, bool):
+        events = ALL_EVENTS if events else NO_EVENTS
     return {
         "after_txid": str(after.txid),
         "after_id": after.id,
         "models": models,
-        "events": events,
+        "events": events.declared,
+        "subscription_events": SUBSCRIPTION_EVENTS,
+        "named": names_subscription_events(patterns),
+        "all_subscriptions": events.all_subscriptions,
+        "owner": None if events.owner is None else str(events.owner),
         "topics": topics.any_regex(patterns),
         "row_topics": topics.row_topics(models, patterns),
     }
@@ -250,7 +292,7 @@ def wait_for_changes(
     wait: float,
     using: str = "default",
     *,
-    events: bool = False,
+    events: bool | Events = False,
 ) -> ChangesPage:
     """Like :func:`changes_page`, but wait up to ``wait`` seconds for a first change.
 

@@ -136,7 +136,7 @@ def _topics(owner: Any, value: Any) -> list[str]:
         if len(words) < 2 or "*" in words[:2] or "#" in words[:2]:
             continue  # a wildcard model: matches what the owner may see
         label = ".".join(words[:2]).lower()
-        if registry.get(label) is None and label not in events.labels():
+        if registry.get(label) is None and label not in events.known_labels():
             raise ValueError(
                 f"{pattern!r}: {label} is not tracked: add @pubsubpull.track to the model "
                 "or PUBSUBPULL['TRACK'] (or PUBSUBPULL['EVENTS'] for custom events)"

@@ -27,13 +27,15 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
 from urllib3 import exceptions as urllib3_errors
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -65,11 +67,14 @@ class DeliveryTimeout(requests.Timeout):
 
 @dataclass(frozen=True)
 class Response:
-    """What a target answered: its status and the first bytes of its body."""
+    """What a target answered: its status, its headers and the first bytes of its body."""
 
     status: int
     body: bytes  # at most MAX_RESPONSE_BYTES
     location: str = ""  # the Location header (of a redirect, never followed)
+    #: The response headers, looked up case-insensitively (a repeated header's values
+    #: joined with ", "). Not compared: servers add ones that vary, such as ``Date``.
+    headers: Mapping[str, str] = field(default_factory=CaseInsensitiveDict, compare=False)
 
 
 def session() -> requests.Session:
@@ -108,8 +113,8 @@ def post(url: str, data: bytes, headers: dict[str, str], timeout: float) -> Resp
 
 
 def send(method: str, url: str, data: bytes, headers: dict[str, str], timeout: float) -> Response:
-    """Send ``data`` to ``url`` with ``method``; return the status and at most the first
-    64 KiB of the body.
+    """Send ``data`` to ``url`` with ``method``; return the status, the headers and at
+    most the first 64 KiB of the body.
 
     ``url`` is checked and its host resolved once; the connection goes to the first
     address the check accepted, or the next one only when connecting to it fails.
@@ -325,7 +330,12 @@ def _send(method: str, url: str, data: bytes, headers: dict[str, str]) -> Respon
     ) as r:
         # Closing the response (leaving the block) closes the connection unless the body
         # was read to its end, so an unread rest is never drained nor left for the next put.
-        return Response(r.status_code, _read_capped(r), r.headers.get("Location", ""))
+        return Response(
+            r.status_code,
+            _read_capped(r),
+            r.headers.get("Location", ""),
+            CaseInsensitiveDict(r.headers),
+        )
 
 
 def _ca_bundle() -> str | bool:

@@ -31,11 +31,16 @@ class Received:
         return self.payload["changes"]  # type: ignore[no-any-return]
 
 
+#: A planned answer: a status, or a status and headers.
+Answer = int | tuple[int, dict[str, str]]
+
+
 @dataclass
 class Receiver:
-    """Records every PUT; answers each with the next planned status (then 204)."""
+    """Records every PUT; answers each with the next planned status (then 204), with the
+    planned headers if any."""
 
-    statuses: list[int] = field(default_factory=list)
+    statuses: list[Answer] = field(default_factory=list)
     delay: float = 0.0  # seconds to wait before answering the first request
     requests: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -44,10 +49,11 @@ class Receiver:
         with self.lock:
             first = not self.requests
             self.requests.append(Received(dict(request.headers), request.get_data()))
-            status = self.statuses.pop(0) if self.statuses else 204
+            answer = self.statuses.pop(0) if self.statuses else 204
+        status, headers = answer if isinstance(answer, tuple) else (answer, {})
         if first and self.delay:
             time.sleep(self.delay)
-        return Response("nope" if status >= 300 else "", status=status)
+        return Response("nope" if status >= 300 else "", status=status, headers=headers)
 
     def changes(self) -> list[dict[str, Any]]:
         """Changes of every request received, in arrival order (retries included)."""

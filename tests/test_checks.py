@@ -22,6 +22,7 @@ from pubsubpull import conf
 from pubsubpull.checks import (
     check_database,
     check_database_version,
+    check_deprecated_settings,
     check_middleware,
     check_routers,
     check_settings,
@@ -381,6 +382,48 @@ def test_numbers_accept_their_range() -> None:
     }
     with override_settings(PUBSUBPULL=options):
         assert check_settings() == []
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        "5",
+        5,
+        None,
+        {"first": 5},
+        [1, -1],
+        [1, "2"],
+        [True],
+        [math.inf],
+        [math.nan],
+        [30 * 24 * 3600 + 1],
+    ],
+)
+def test_e022_unusable_retry_schedule(schedule: object) -> None:
+    with override_settings(PUBSUBPULL={"RETRY_SCHEDULE": schedule}):
+        (error,) = check_settings()
+    assert error.id == "pubsubpull.E022" and repr(schedule) in error.msg
+    assert "RETRY_SCHEDULE" in error.msg and "27 hours" in str(error.hint)
+
+
+@pytest.mark.parametrize("schedule", [[], [0], (0, 5.5), [30 * 24 * 3600]])
+def test_retry_schedule_accepts_delays_from_0_to_30_days(schedule: object) -> None:
+    with override_settings(PUBSUBPULL={"RETRY_SCHEDULE": schedule}):
+        assert check_settings() == [] and check_deprecated_settings() == []
+
+
+def test_w002_old_retry_keys_are_deprecated_with_the_same_schedule_in_the_hint() -> None:
+    assert check_deprecated_settings() == []
+    with override_settings(PUBSUBPULL={"MAX_FAILURES": 3, "RETRY_BASE": 2}):
+        warnings = check_deprecated_settings()
+        assert check_settings() == []  # still valid settings
+    assert [(w.id, w.level) for w in warnings] == [("pubsubpull.W002", checks.WARNING)] * 2
+    assert "'MAX_FAILURES'" in warnings[0].msg and "'RETRY_BASE'" in warnings[1].msg
+    assert "still works" in warnings[0].msg
+    assert "RETRY_SCHEDULE" in str(warnings[0].hint) and "[2.0, 4.0]" in str(warnings[0].hint)
+    with override_settings(PUBSUBPULL={"RETRY_CAP": 5, "RETRY_SCHEDULE": [1]}):
+        (warning,) = check_deprecated_settings()
+    assert warning.id == "pubsubpull.W002" and "ignored" in warning.msg
 
 
 class Elsewhere:

@@ -36,9 +36,7 @@ FAST_RETRIES = {
     "TRACK": {"auth.user": {"exclude": ["password"]}},
     "ALLOWED_TARGETS": ["http://localhost:", "http://127.0.0.1:"],
     "EVENTS": ["billing.invoice"],
-    "RETRY_BASE": 0.01,
-    "RETRY_CAP": 0.05,
-    "MAX_FAILURES": 5,
+    "RETRY_SCHEDULE": [0.01, 0.02, 0.04, 0.05],  # failing at the 5th failure in a row
 }
 
 
@@ -145,7 +143,7 @@ def test_410_gone_disables_at_once(api: Client, httpserver: HTTPServer) -> None:
 
 
 @override_settings(PUBSUBPULL=FAST_RETRIES)
-def test_max_failures_then_failing_until_resumed(api: Client, httpserver: HTTPServer) -> None:
+def test_schedule_used_up_then_failing_until_resumed(api: Client, httpserver: HTTPServer) -> None:
     receiver = Receiver(statuses=[503] * 5)
     put(api, "flaky", {"target": hook(httpserver, receiver)}, status=201)
     Customer.objects.create(name="late")
@@ -157,7 +155,7 @@ def test_max_failures_then_failing_until_resumed(api: Client, httpserver: HTTPSe
     assert names(receiver.requests[-1].changes) == ["late"]
 
 
-@override_settings(PUBSUBPULL={**FAST_RETRIES, "RETRY_BASE": 30.0, "RETRY_CAP": 30.0})
+@override_settings(PUBSUBPULL={**FAST_RETRIES, "RETRY_SCHEDULE": [30.0] * 4})
 def test_one_dead_target_does_not_delay_another(api: Client, httpserver: HTTPServer) -> None:
     healthy = Receiver()
     put(api, "dead", {"target": "http://127.0.0.1:9/closed"}, status=201)  # discard port

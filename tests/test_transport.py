@@ -233,6 +233,19 @@ def test_put_returns_status_and_body(servers: Callable[..., Server]) -> None:
     assert received.headers["accept-encoding"] == "identity"  # the body is never decoded
 
 
+def test_put_returns_the_response_headers(servers: Callable[..., Server]) -> None:
+    def respond(conn: socket.socket, number: int) -> bool:
+        extra = "Retry-After: 120\r\nX-Trace: a\r\nX-Trace: b\r\n"
+        conn.sendall(answer("503 Service Unavailable", b"busy", extra))
+        return True
+
+    response = put(servers(respond).url(), DATA, HEADERS, timeout=5.0)
+    assert (response.status, response.body) == (503, b"busy")
+    assert response.headers["retry-after"] == response.headers["Retry-After"] == "120"
+    assert response.headers["X-Trace"] == "a, b"  # a repeated header, joined
+    assert response.headers["Content-Length"] == "4"
+
+
 def test_response_is_frozen() -> None:
     response = Response(200, b"")
     with pytest.raises(AttributeError):

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('pubsubpull', '0007_local_subscribers_help_text'),
+        ('pubsubpull', '0008_delivery_attempt_log'),
     ]
 
     operations = [
