@@ -8,6 +8,7 @@ subscription (:func:`claimed`). No transaction is held across the network call.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import re
@@ -26,7 +27,7 @@ from django.utils import timezone
 from django.utils.http import parse_http_date_safe
 from django.utils.module_loading import import_string
 
-from . import conf, reads, subscription_events, transport, webhooks
+from . import conf, metrics, reads, subscription_events, transport, webhooks
 from .crypto import decrypt
 from .models import LOCAL_PREFIX, Delivery, Subscription
 from .positions import START, Position
@@ -35,6 +36,8 @@ from .sql import load
 # First key of pubsubpull's advisory locks ("pspb"); the second is a subscription id
 # (an int4: ids past 2**31 would need the one-bigint form of the lock functions).
 CLAIMS = 0x70737062
+
+logger = logging.getLogger(__name__)
 #: How much a retry delay varies either way at random (jitter), so that subscriptions
 #: that failed together do not all come back at the same moment.
 JITTER = 0.1
@@ -371,6 +374,7 @@ def record(
     """
     flight = part_of or batch
     now = timezone.now()
+    _log_attempt(subscription, batch, attempt)
     with transaction.atomic():
         Delivery.objects.create(
             subscription=subscription,
@@ -401,6 +405,35 @@ def record(
         return _fail(in_flight, subscription, attempt, now)
 
 
+def _log_attempt(subscription: Subscription, batch: Batch, attempt: Attempt) -> None:
+    """Count the attempt (metrics) and log it with its fields, never a header value."""
+    metrics.delivery_attempt(subscription, attempt.ok, attempt.duration, len(batch.changes))
+    label = metrics.subscription_label(subscription)
+    fields = {
+        "subscription": label,
+        "batch_id": batch.id,
+        "changes": len(batch.changes),
+        "status_code": attempt.status_code,
+        "duration": attempt.duration.total_seconds(),
+    }
+    if attempt.ok:
+        logger.info(
+            "pubsubpull delivered %s changes to %s (%s)",
+            len(batch.changes),
+            label,
+            batch.id,
+            extra=fields,
+        )
+    else:
+        logger.warning(
+            "pubsubpull delivery to %s failed (%s): %s",
+            label,
+            batch.id,
+            attempt.error,
+            extra={**fields, "error": attempt.error},
+        )
+
+
 def _fail(
     in_flight: QuerySet[Subscription],
     subscription: Subscription,
@@ -412,6 +445,13 @@ def _fail(
     updates, when = _failed(subscription, attempt, now)
     if in_flight.update(**updates) and "status" in updates:
         status = str(updates["status"])
+        logger.warning(
+            "pubsubpull subscription %s is %s: %s",
+            metrics.subscription_label(subscription),
+            status,
+            updates["last_error"],
+            extra={"subscription": metrics.subscription_label(subscription), "status": status},
+        )
         data = subscription_events.payload(
             subscription,
             status,
@@ -429,6 +469,8 @@ def _recovered(subscription: Subscription) -> None:
     if Subscription.objects.filter(pk=subscription.pk, down_since__isnull=False).update(
         down_since=None
     ):
+        label = metrics.subscription_label(subscription)
+        logger.info("pubsubpull subscription %s recovered", label, extra={"subscription": label})
         data = subscription_events.payload(
             subscription,
             str(Subscription.Status.ACTIVE),

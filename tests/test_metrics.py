@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from django.contrib.auth.models import User
-from django.test import Client
+from django.test import Client, override_settings
 from prometheus_client.parser import text_string_to_metric_families
+from pytest_httpserver import HTTPServer
 
 from pubsubpull import metrics
 from pubsubpull.models import Change, Subscription
 from test_project.shop.models import Customer
+from tests.delivery_helpers import Receiver, drain, put
 
 URL = "/pubsubpull/metrics"
 
@@ -81,3 +85,36 @@ def test_gauges_show_lag_its_age_the_horizon_and_the_log_size(admin_client: Clie
         "outcome",
         "le",
     }  # bounded labels: never a pk or a topic
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deliveries_are_counted_timed_and_logged(
+    admin_client: Client, httpserver: HTTPServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real (one-shot, in-process) worker delivers to a loopback receiver that fails
+    once: both attempts are counted, the changes once, and each attempt is logged."""
+    receiver = Receiver(statuses=[500])
+    httpserver.expect_request("/hook", method="PUT").respond_with_handler(receiver)
+    schedule = {"RETRY_SCHEDULE": [0, 0, 0], "ALLOWED_TARGETS": [httpserver.url_for("/")]}
+    with override_settings(PUBSUBPULL=schedule):
+        put(admin_client, "counted", {"target": httpserver.url_for("/hook")}, status=201)
+        label = (("subscription", "admin/counted"),)
+        before = samples(admin_client)
+        Customer.objects.create(name="counted")
+        with caplog.at_level(logging.INFO, logger="pubsubpull.delivery"):
+            drain(lambda: len(receiver.changes()) >= 1)
+        after = samples(admin_client)
+
+    def grew(name: str, labels: tuple[tuple[str, str], ...]) -> float:
+        key = (name, tuple(sorted(labels)))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert grew("pubsubpull_deliveries_total", (*label, ("outcome", "failed"))) == 1
+    assert grew("pubsubpull_deliveries_total", (*label, ("outcome", "ok"))) == 1
+    assert len(receiver.requests) == 2  # the same batch of one change, twice
+    assert grew("pubsubpull_delivered_changes_total", label) == len(receiver.requests[-1].changes)
+    assert grew("pubsubpull_delivery_duration_seconds_count", ()) == 2
+    logged = [r for r in caplog.records if getattr(r, "subscription", None) == "admin/counted"]
+    assert [r.levelname for r in logged] == ["WARNING", "INFO"]
+    assert all(r.batch_id and r.duration >= 0 for r in logged)  # type: ignore[attr-defined]
+    assert all("webhook-signature" not in r.getMessage() for r in logged)
