@@ -68,6 +68,7 @@ def plan(tracked: registry.Tracked) -> Plan:
         table=_literal(tracked.table),
         pk=_identifier(tracked.pk_column),
         doc=tracked.document_sql("r"),
+        changed=tracked.changed_sql("c.old", "c.new"),
     )
     digest = hashlib.sha256(
         (

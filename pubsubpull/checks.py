@@ -68,9 +68,10 @@ def check_database_version(
 
 @checks.register(checks.Tags.models)
 def check_tracked_models(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """E002 no single-column primary key, E003 unknown excluded field, E004 unknown label."""
+    """E002 no single-column primary key, E003 unknown excluded or ignored field, E004
+    unknown label."""
     errors: list[checks.CheckMessage] = []
-    for label, exclude in sorted(registry.labels().items()):
+    for label, options in sorted(registry.labels().items()):
         try:
             model = apps.get_model(label)
         except (LookupError, ValueError):
@@ -94,11 +95,14 @@ def check_tracked_models(app_configs: Any = None, **kwargs: Any) -> list[checks.
                 )
             )
         names = {f.name for f in model._meta.concrete_fields}
-        for name in exclude:
+        listed = [("excludes", n) for n in options.exclude] + [
+            ("ignores", n) for n in options.ignore
+        ]
+        for verb, name in listed:
             if name not in names:
                 errors.append(
                     checks.Error(
-                        f"{label} excludes {name!r}, which is not one of its fields.",
+                        f"{label} {verb} {name!r}, which is not one of its fields.",
                         hint=f"Fields of {label}: {', '.join(sorted(names))}.",
                         obj=model,
                         id="pubsubpull.E003",

@@ -257,6 +257,11 @@ class Service:
         """The caller's subscriptions."""
         return list(self._get(self._url("subscriptions"), expect=("results",))["results"])
 
+    def ping(self, name: str) -> JSON:
+        """Have the service send a ``pubsubpull.ping`` event to the target of subscription
+        ``name`` now: ``{"status_code", "duration", "error"}`` of its answer."""
+        return dict(self._request("POST", self._url("subscriptions", name, "ping")))
+
     def unsubscribe(self, name: str) -> None:
         """Delete subscription ``name``; :class:`NotFound` if there is none."""
         self._request("DELETE", self._url("subscriptions", name))

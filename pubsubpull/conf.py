@@ -88,6 +88,7 @@ class TrackOptions(TypedDict, total=False):
     """Options of a model tracked from ``PUBSUBPULL["TRACK"]``."""
 
     exclude: Sequence[str]  # field names left out of the change documents
+    ignore: Sequence[str]  # field names whose change alone records nothing
 
 
 def configured() -> dict[Any, Any]:
@@ -110,8 +111,10 @@ def is_track_options(options: object) -> bool:
         return True
     if not isinstance(options, dict) or set(options) - set(TrackOptions.__annotations__):
         return False
-    exclude = options.get("exclude", [])
-    return isinstance(exclude, list | tuple) and all(isinstance(n, str) for n in exclude)
+    return all(
+        isinstance(names, list | tuple) and all(isinstance(n, str) for n in names)
+        for names in (options.get("exclude", []), options.get("ignore", []))
+    )
 
 
 def track() -> dict[str, TrackOptions]:

@@ -654,3 +654,34 @@ def due_subscriptions(skip: set[int] | frozenset[int] = frozenset()) -> list[int
         )
         if subscription.pk not in busy and is_due(subscription, now)
     ]
+
+
+PING = webhooks.PING_TOPIC  # the topic of a ping
+
+
+def ping(subscription: Subscription) -> Attempt:
+    """Send a ``pubsubpull.ping`` event to the target now, as a delivery would (signed,
+    its headers, its format), outside the queue: the cursor and the batch in flight are
+    untouched and nothing is recorded. Receivers acknowledge it like a batch
+    (``ReceiverView`` does without calling ``handle``)."""
+    if subscription.is_local:
+        raise ValueError("local subscribers run in the worker: there is no target to ping")
+    now = timezone.now()
+    cursor = Position.parse(subscription.cursor)
+    change = {
+        "id": str(cursor),
+        "seq": 0,
+        "topic": PING,
+        "model": "pubsubpull",
+        "op": "ping",
+        "pk": None,
+        "old": None,
+        "new": {"subscription": subscription.name},
+        "fields": None,
+        "request": None,
+        "context": None,
+        "time": now.isoformat(),
+    }
+    return send(
+        subscription, Batch(f"ping_{uuid.uuid4().hex}", [json.dumps(change)], cursor, cursor)
+    )

@@ -241,6 +241,43 @@ def _paths() -> dict[str, Any]:
                 },
             },
         },
+        "/subscriptions/{name}/ping/": {
+            "parameters": [
+                _path(
+                    "name",
+                    "The subscription's name.",
+                    {"type": "string", "pattern": NAME, "examples": ["big-orders"]},
+                )
+            ],
+            "post": {
+                "operationId": "ping_subscription",
+                "summary": "Send a pubsubpull.ping event to the subscription's target now",
+                "description": (
+                    "Delivered as a batch would be (signed, with its headers, in its "
+                    "format), outside the queue: the cursor is untouched and nothing is "
+                    "recorded. The answer says how the target answered; a target that "
+                    "fails is still a 200 here. Authenticated by the session cookie, the "
+                    "request needs Django's CSRF token."
+                ),
+                "responses": {
+                    "200": _json(
+                        "How the target answered",
+                        {
+                            "type": "object",
+                            "required": ["status_code", "duration", "error"],
+                            "properties": {
+                                "status_code": {"type": ["integer", "null"]},
+                                "duration": {"type": "number", "description": "seconds"},
+                                "error": {"type": ["string", "null"]},
+                            },
+                        },
+                    ),
+                    **_errors("401"),
+                    **_named("403", "CsrfFailed"),
+                    **_named("404", "NoSubscription"),
+                },
+            },
+        },
         "/openapi.json": {
             "get": {
                 "operationId": "openapi",

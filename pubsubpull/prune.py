@@ -42,7 +42,7 @@ def _delete(query: str, params: dict[str, Any], batch: int | None) -> int:
     deleted = 0
     while True:
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(load(query), {**params, "batch": batch})
+            cursor.execute(query, {**params, "batch": batch})
             count = int(cursor.rowcount)
         deleted += count
         if batch is None or count < batch:
@@ -50,16 +50,20 @@ def _delete(query: str, params: dict[str, Any], batch: int | None) -> int:
 
 
 def prune(
+    before: datetime | None = None,
+    *,
     changes: datetime | None = None,
     requests: datetime | None = None,
     deliveries: datetime | None = None,
     batch: int | None = None,
 ) -> Pruned:
-    """Delete changes, requests and delivery attempts older than the given times.
+    """Delete changes, requests and delivery attempts older than ``before`` (or than the
+    time given for each; one not given and without ``before`` is kept).
 
     A change newer than the cursor of any subscription that is not disabled is kept,
     whatever its age. With ``batch``, rows go at most that many per transaction.
     """
+    changes, requests, deliveries = (t or before for t in (changes, requests, deliveries))
     keep = _kept_after()
     deleted = {"changes": 0, "requests": 0, "deliveries": 0}
     if changes is not None:
@@ -68,11 +72,11 @@ def prune(
             "keep_txid": str(keep.txid) if keep else None,
             "keep_id": keep.id if keep else None,
         }
-        deleted["changes"] = _delete("prune_changes", params, batch)
+        deleted["changes"] = _delete(load("prune_changes"), params, batch)
     if requests is not None:
-        deleted["requests"] = _delete("prune_requests", {"before": requests}, batch)
+        deleted["requests"] = _delete(load("prune_requests"), {"before": requests}, batch)
     if deliveries is not None:
-        deleted["deliveries"] = _delete("prune_deliveries", {"before": deliveries}, batch)
+        deleted["deliveries"] = _delete(load("prune_deliveries"), {"before": deliveries}, batch)
     return Pruned(**deleted, kept_after=keep)
 
 
@@ -84,5 +88,8 @@ def apply_retention(now: datetime) -> Pruned | None:
         return None
     cutoff = {key: now - conf.parse_duration(value) for key, value in retention.items()}
     return prune(
-        cutoff.get("changes"), cutoff.get("requests"), cutoff.get("deliveries"), RETENTION_BATCH
+        changes=cutoff.get("changes"),
+        requests=cutoff.get("requests"),
+        deliveries=cutoff.get("deliveries"),
+        batch=RETENTION_BATCH,
     )

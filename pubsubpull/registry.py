@@ -19,7 +19,17 @@ from . import conf
 
 M = TypeVar("M", bound=type[models.Model])
 
-_registered: dict[str, tuple[str, ...]] = {}
+
+@dataclass(frozen=True)
+class Options:
+    """How a model is tracked: fields left out of the changes (``exclude``), and fields
+    whose change alone records nothing (``ignore``; their values stay in the changes)."""
+
+    exclude: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+
+
+_registered: dict[str, Options] = {}
 
 
 @dataclass(frozen=True)
@@ -29,6 +39,7 @@ class Tracked:
     label: str  # "app_label.model_name"
     model: type[models.Model]
     exclude: tuple[str, ...]  # field names
+    ignore: tuple[str, ...] = ()  # field names
 
     @property
     def table(self) -> str:
@@ -44,8 +55,16 @@ class Tracked:
     @property
     def excluded_columns(self) -> tuple[str, ...]:
         """Column names of the excluded fields (unknown names are reported by a check)."""
+        return self._columns(self.exclude)
+
+    @property
+    def ignored_columns(self) -> tuple[str, ...]:
+        """Column names of the ignored fields (unknown names are reported by a check)."""
+        return self._columns(self.ignore)
+
+    def _columns(self, names: tuple[str, ...]) -> tuple[str, ...]:
         columns = []
-        for name in self.exclude:
+        for name in names:
             try:
                 field = self.model._meta.get_field(name)
             except Exception:  # noqa: BLE001 - reported by check E003
@@ -61,54 +80,70 @@ class Tracked:
         Change ``old``/``new`` and the instance endpoints share it, so a row reads the
         same everywhere.
         """
-        sql = f"to_jsonb({alias})"
-        if self.excluded_columns:
-            names = ",".join(f'"{c}"' for c in self.excluded_columns).replace("'", "''")
-            sql = f"({sql} - '{{{names}}}'::text[])"
-        return sql
+        return _without(f"to_jsonb({alias})", self.excluded_columns)
+
+    def changed_sql(self, old: str, new: str) -> str:
+        """SQL: whether the documents ``old`` and ``new`` differ other than in the
+        ignored columns (an update that changes only those records nothing)."""
+        ignored = self.ignored_columns
+        return f"{_without(old, ignored)} IS DISTINCT FROM {_without(new, ignored)}"
+
+
+def _without(document: str, columns: tuple[str, ...]) -> str:
+    """SQL: the jsonb ``document`` without the keys ``columns``."""
+    if not columns:
+        return document
+    names = ",".join(f'"{c}"' for c in columns).replace("'", "''")
+    return f"({document} - '{{{names}}}'::text[])"
 
 
 @overload
-def track(model: M, *, exclude: Iterable[str] = ()) -> M: ...
+def track(model: M, *, exclude: Iterable[str] = (), ignore: Iterable[str] = ()) -> M: ...
 @overload
-def track(model: None = None, *, exclude: Iterable[str] = ()) -> Callable[[M], M]: ...
+def track(
+    model: None = None, *, exclude: Iterable[str] = (), ignore: Iterable[str] = ()
+) -> Callable[[M], M]: ...
 
 
-def track(model: M | None = None, *, exclude: Iterable[str] = ()) -> M | Callable[[M], M]:
+def track(
+    model: M | None = None, *, exclude: Iterable[str] = (), ignore: Iterable[str] = ()
+) -> M | Callable[[M], M]:
     """Track a model's row changes: ``@track``, ``@track(exclude=[...])``, ``track(Model)``.
 
     Returns the model unchanged. Triggers are installed after ``migrate`` (or by
     ``manage.py pubsubpull triggers install``).
     """
-    if isinstance(exclude, str):
-        raise TypeError("exclude must be a list of field names, not a string")
-    excluded = tuple(exclude)
+    if isinstance(exclude, str) or isinstance(ignore, str):
+        raise TypeError("exclude and ignore must be lists of field names, not strings")
+    options = Options(tuple(exclude), tuple(ignore))
 
     def register(cls: M) -> M:
-        _registered[cls._meta.label_lower] = excluded
+        _registered[cls._meta.label_lower] = options
         tables.cache_clear()
         return cls
 
     return register if model is None else register(model)
 
 
-def labels() -> dict[str, tuple[str, ...]]:
-    """label -> excluded field names, from code and settings (settings win)."""
+def labels() -> dict[str, Options]:
+    """label -> options, from code and settings (settings win)."""
     merged = dict(_registered)
     for label, options in conf.track().items():
-        merged[label.lower()] = tuple((options or {}).get("exclude", ()))
+        merged[label.lower()] = Options(
+            tuple(options.get("exclude", ())), tuple(options.get("ignore", ()))
+        )
     return merged
 
 
 def tracked() -> list[Tracked]:
     """Tracked models that exist in the app registry, sorted by label."""
     result = []
-    for label, exclude in sorted(labels().items()):
+    for label, options in sorted(labels().items()):
         try:
             model = apps.get_model(label)
         except (LookupError, ValueError):
             continue  # reported by check E004
-        result.append(Tracked(label, model, exclude))
+        result.append(Tracked(label, model, options.exclude, options.ignore))
     return result
 
 

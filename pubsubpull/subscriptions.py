@@ -13,7 +13,7 @@ from django.utils import timezone
 from . import conf, events, reads, registry, ssrf, topics, webhooks
 from .crypto import SecretUnreadable, decrypt, encrypt
 from .delivery import pending, pending_count
-from .models import DEFAULT_BATCH_SIZE, Subscription
+from .models import DEFAULT_BATCH_SIZE, Change, Subscription
 from .positions import InvalidPosition, Position
 from .sql import load, render
 
@@ -354,6 +354,18 @@ def lag(subscription: Subscription) -> int | None:
         return pending_count(subscription, LAG_CAP)
     except reads.QueryFailed:
         return None
+
+
+def position_at(when: datetime) -> Position:
+    """The cursor from which the changes made at ``when`` or later are delivered: just
+    before the first such change (changes of one transaction share their time)."""
+    first = (
+        Change.objects.filter(created__gte=when)
+        .order_by("txid", "id")
+        .values_list("txid", flat=True)
+        .first()
+    )
+    return Position(int(first), 0) if first is not None else reads.now()
 
 
 def oldest_pending(subscription: Subscription) -> datetime | None:

@@ -13,6 +13,7 @@ urlpatterns = [
     path("changes/", views.changes, name="changes"),
     path("subscriptions/", views.subscription_list, name="subscriptions"),
     path("subscriptions/<str:name>/", views.subscription, name="subscription"),
+    path("subscriptions/<str:name>/ping/", views.ping, name="ping"),
     path("openapi.json", views.openapi, name="openapi"),
     path("metrics", views.metrics_view, name="metrics"),
 ]

@@ -16,9 +16,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from . import conf, metrics, reads, registry, subscriptions, topics
+from . import conf, delivery, metrics, reads, registry, subscriptions, topics
 from .auth import AuthenticationFailed, Throttled, authenticate
 from .models import Subscription
 from .positions import START, InvalidPosition, Position
@@ -319,6 +319,31 @@ def subscription(request: HttpRequest, name: str) -> HttpResponse:
         existing.delete()
         return HttpResponse(status=204)
     return JsonResponse(subscriptions.as_json(existing))
+
+
+@require_POST
+@api
+def ping(request: HttpRequest, name: str) -> HttpResponse:
+    """Send a ``pubsubpull.ping`` event to one of the caller's subscriptions now, and say
+    how its target answered."""
+    existing = (
+        Subscription.objects.select_related("owner")
+        .filter(
+            owner=request.api_user,  # type: ignore[attr-defined]
+            name=name,
+        )
+        .first()
+    )
+    if existing is None:
+        raise ApiError(404, "not_found", f"you have no subscription named {name!r}")
+    attempt = delivery.ping(existing)
+    return JsonResponse(
+        {
+            "status_code": attempt.status_code,
+            "duration": attempt.duration.total_seconds(),
+            "error": attempt.error or None,
+        }
+    )
 
 
 def _summary(errors: dict[str, list[str]]) -> str:

@@ -54,6 +54,7 @@ HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 #: How far ``webhook-timestamp`` may be from the receiver's clock, either way. Fixed by
 #: ``standardwebhooks.Webhook.verify``; stated here for the receiver's duplicate window.
 TOLERANCE = timedelta(minutes=5)
+PING_TOPIC = "pubsubpull.ping"  # delivery.PING: answered without calling handle
 
 
 class InvalidSecret(ValueError):
@@ -248,6 +249,18 @@ class ReceiverView(View):
       503 ``{"error": "in_progress", ...}`` while the same message is being handled by
       another request.
 
+    Acknowledge fast: the sender gives up on an attempt after its ``DELIVERY_TIMEOUT``
+    (10 s by default; the Standard Webhooks guidance suggests 15-30 s) and sends the batch
+    again. Keep ``handle`` short: store the changes, or defer a job (Procrastinate, Celery)
+    that does the slow work, and return; raise only when storing failed::
+
+        def handle(self, changes, payload):
+            for change in changes:
+                apply_change.defer(change=change)  # the job does the slow part
+
+    A ``pubsubpull.ping`` event (``manage.py pubsubpull ping``, ``POST .../ping/``) is
+    verified and answered 204 without calling ``handle``.
+
     A message id counts as handled only once ``handle`` has returned, so a failed batch
     is handled again on retry. Handled ids are kept in ``caches[cache_alias]`` for
     :attr:`dedupe_timeout`; use a cache shared by all processes (not LocMem) when the
@@ -297,6 +310,12 @@ class ReceiverView(View):
         try:
             payload = verify(request, self.get_secret(request))
         except InvalidSignature as exc:
+            # Standard Webhooks, "Verifying signatures": compare in constant time and check
+            # that webhook-timestamp is "within some allowable tolerance of the current
+            # timestamp to prevent replay attacks" (TOLERANCE, 5 minutes either side). Its
+            # "Delivery success and failure" makes any non-2xx a failure the sender retries,
+            # and 410 Gone a request to stop sending: so 401, never 410 (a retry is signed
+            # afresh, with a new timestamp), and nothing is handled.
             return _error(401, "invalid_signature", str(exc))
         except InvalidPayload as exc:
             return _error(400, "invalid_payload", str(exc))
@@ -311,6 +330,8 @@ class ReceiverView(View):
                 'format\'s {"type": topic, "timestamp": time, "data": change}',
             )
 
+        if changes and all(change.get("topic") == PING_TOPIC for change in changes):
+            return HttpResponse(status=204)  # a ping (manage.py pubsubpull ping): verified
         message_id = request.headers["webhook-id"]
         cache = caches[self.cache_alias]
         key = self.get_cache_key(message_id)

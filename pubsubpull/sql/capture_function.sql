@@ -1,6 +1,7 @@
 -- Capture function of one tracked table, rendered by pubsubpull.capture.
 -- Placeholders: {{function}}, {{label}} (quoted literal), {{table}} (quoted literal),
--- {{pk}} (quoted identifier), {{doc}} (row to jsonb minus excluded columns, for alias r).
+-- {{pk}} (quoted identifier), {{doc}} (row to jsonb minus excluded columns, for alias r),
+-- {{changed}} (whether c.old and c.new differ other than in ignored columns).
 -- Statement-level: one INSERT ... SELECT per statement over the transition tables.
 CREATE OR REPLACE FUNCTION {{function}}() RETURNS trigger
 LANGUAGE plpgsql AS $function$
@@ -35,7 +36,7 @@ BEGIN
             FULL JOIN (SELECT r.{{pk}} AS key, {{doc}} AS doc FROM new_rows r) n
                 ON n.key = o.key
         ) c
-        WHERE c.old IS DISTINCT FROM c.new;
+        WHERE {{changed}};
     ELSIF TG_OP = 'DELETE' THEN
         INSERT INTO pubsubpull_change (topic, model, "table", op, pk, old, request_id, context)
         SELECT {{label}} || '.delete', {{label}}, {{table}}, 'delete', r.{{pk}}::text, {{doc}},

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast
 from django.apps import apps
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from pubsubpull import capture
 
@@ -130,6 +131,30 @@ class Command(BaseCommand):
             "--json", action="store_true", help="the health as one JSON object, for probes"
         )
 
+        ping = sub.add_parser(
+            "ping",
+            help="send a pubsubpull.ping event to a subscription's target now",
+            description="Deliver a pubsubpull.ping event (signed, outside the queue, the "
+            "cursor untouched) and print how the target answered; exits 1 if it failed.",
+        )
+        ping.add_argument("owner", help="the subscription owner's username")
+        ping.add_argument("name", help="the subscription's name")
+
+        resend = sub.add_parser(
+            "resend",
+            help="deliver a subscription's changes again from a position or a time",
+            description="Move the subscription's cursor back (or forward) so that the "
+            "changes after a position, or made since a time, are delivered again.",
+        )
+        resend.add_argument("owner", help="the subscription owner's username")
+        resend.add_argument("name", help="the subscription's name")
+        resend.add_argument(
+            "--since",
+            required=True,
+            metavar="POSITION_OR_TIME",
+            help="a position (e.g. 1234-56, 0-0 for the start) or an ISO 8601 time",
+        )
+
         tail = sub.add_parser(
             "tail",
             help="print changes as they become visible, until interrupted",
@@ -246,7 +271,7 @@ class Command(BaseCommand):
             before = timezone.now() - parse_duration(older_than)
         except ValueError:
             raise CommandError("--older-than takes a number and d, h or m, e.g. 30d") from None
-        result = prune(before, before, before)
+        result = prune(before)
         kept = f"; kept everything after {result.kept_after}" if result.kept_after else ""
         self.stdout.write(
             f"deleted {result.changes} changes, {result.requests} requests, "
@@ -285,6 +310,47 @@ class Command(BaseCommand):
                 self.stdout.write(f"unhealthy: {problem}")
         if json and not state.healthy:
             raise SystemExit(1)  # for probes; the JSON says why
+
+    def _subscription(self, owner: str, name: str) -> Any:
+        from pubsubpull.models import Subscription
+
+        found = Subscription.objects.select_related("owner").filter(
+            owner__username=owner, name=name
+        )
+        subscription = found.first()
+        if subscription is None:
+            raise CommandError(f"{owner} has no subscription named {name!r}")
+        return subscription
+
+    def handle_ping(self, owner: str, name: str, **options: Any) -> None:
+        from pubsubpull import delivery
+
+        attempt = delivery.ping(self._subscription(owner, name))
+        line = f"{attempt.status_code or 'no answer'} in {attempt.duration.total_seconds():.3f} s"
+        if not attempt.ok:
+            raise CommandError(f"ping failed: {line}: {attempt.error}", returncode=1)
+        self.stdout.write(f"ping answered {line}")
+
+    def handle_resend(self, owner: str, name: str, since: str, **options: Any) -> None:
+        from pubsubpull import subscriptions
+        from pubsubpull.models import Subscription
+        from pubsubpull.positions import InvalidPosition, Position
+
+        subscription = self._subscription(owner, name)
+        try:
+            position = Position.parse(since)
+        except InvalidPosition:
+            when = parse_datetime(since)
+            if when is None:
+                raise CommandError(
+                    f"--since {since!r} is neither a position (e.g. 1234-56) nor an ISO time "
+                    "(e.g. 2026-12-01T09:00:00+00:00)"
+                ) from None
+            if timezone.is_naive(when):
+                when = timezone.make_aware(when)
+            position = subscriptions.position_at(when)
+        Subscription.objects.filter(pk=subscription.pk).replay(position)
+        self.stdout.write(f"{owner}/{name} resends the changes after {position}")
 
     def handle_tail(
         self, topics: str, after: str | None, json: bool, from_start: bool, **options: Any
