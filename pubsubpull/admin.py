@@ -71,6 +71,7 @@ class LargeListAdmin(ReadOnlyAdmin):
 
     paginator = CappedPaginator
     show_full_result_count = False  # the "N total" link would count every row
+    show_facets = admin.ShowFacets.NEVER  # a count per filter choice, each over the table
 
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
@@ -495,16 +496,20 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.action(description="Pause the selected subscriptions")
     def pause(self, request: HttpRequest, queryset: SubscriptionQuerySet) -> None:
-        queryset.pause()
+        self.message_user(request, f"Paused {_subscriptions(queryset.pause())}.")
 
     @admin.action(description="Resume the selected subscriptions (clears failures)")
     def resume(self, request: HttpRequest, queryset: SubscriptionQuerySet) -> None:
-        queryset.resume()
+        self.message_user(request, f"Resumed {_subscriptions(queryset.resume())}.")
 
     @admin.action(description="Replay the selected subscriptions from the start of the log")
     def replay_from_start(self, request: HttpRequest, queryset: SubscriptionQuerySet) -> None:
         queryset.replay(START)
         self.message_user(request, "To replay from a position, edit the subscription's cursor.")
+
+
+def _subscriptions(count: int) -> str:
+    return f"{count} subscription" if count == 1 else f"{count} subscriptions"
 
 
 @admin.register(Delivery)
