@@ -129,6 +129,42 @@ def fill(count: int) -> dict[str, Any]:
     }
 
 
+def index_cost(count: int, reps: int) -> tuple[list[float], list[float]]:
+    """Seconds to write ``count`` changes into the log with the admin's indexes on the change
+    table and without them (dropped for the moment), interleaved, each repetition on an
+    empty table: what those indexes add to writing the log."""
+    from django.db import connection
+
+    from pubsubpull.models import Change
+
+    added = [i for i in Change._meta.indexes if i.name != "pubsubpull_change_position"]
+    end = datetime.datetime.now(datetime.UTC)
+    params = {"count": count, "per_request": PER_REQUEST, "end": end}
+    params["requests"] = -(-count // PER_REQUEST)
+
+    def empty_log() -> None:
+        harness.reset_tables(changes=True)
+        execute(_REQUESTS, params)  # what the changes' request_id refer to
+        harness.checkpoint()
+
+    with_indexes, without = [], []
+    for _ in range(reps):
+        empty_log()
+        with_indexes.append(harness.measure(lambda: execute(_CHANGES, params)))
+        with connection.schema_editor() as editor:
+            for index in added:
+                editor.remove_index(Change, index)
+        try:
+            empty_log()
+            without.append(harness.measure(lambda: execute(_CHANGES, params)))
+        finally:
+            harness.reset_tables(changes=True)
+            with connection.schema_editor() as editor:
+                for index in added:
+                    editor.add_index(Change, index)
+    return with_indexes, without
+
+
 def pages(state: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     """(name, URL, how the report shows it, whether it has a goal): the four pages of the
     issue, then the others."""
@@ -234,6 +270,8 @@ def run(quick: bool, dry_run: bool) -> str:
 
     count = harness.choose(quick, dry_run, full=FULL, fast=200_000, dry=2_000)
     reps = harness.repetitions(quick, dry_run)
+    written = harness.choose(quick, dry_run, full=100_000, fast=20_000, dry=1_000)
+    costs = index_cost(written, reps)
     began = time.perf_counter()
     state = fill(count)
     filled = time.perf_counter() - began
@@ -253,7 +291,35 @@ def run(quick: bool, dry_run: bool) -> str:
     harness.execute("TRUNCATE pubsubpull_delivery, pubsubpull_subscription CASCADE")
     harness.reset_tables(changes=True)
     old = {"full count": full_count, "distinct topics": distinct}
-    return report(count, reps, filled, state, listed, times, baselines, old, explained)
+    section = report(count, reps, filled, state, listed, times, baselines, old, explained)
+    return section + "\n\n" + index_report(written, *costs)
+
+
+def index_report(count: int, with_indexes: list[float], without: list[float]) -> str:
+    return "\n".join(
+        [
+            "### What the admin's indexes cost writers",
+            "",
+            f"{count:,} changes written into the log in one `INSERT ... SELECT` (the generator "
+            "above; their request rows written beforehand, untimed), with the `(model, id)` "
+            "and BRIN `created` indexes of migration 0010 and with them dropped, interleaved, "
+            "each on an empty table. This is the log's own write, the part of capture cost "
+            "they add to (the `floor` of the capture section); a tracked write also pays for "
+            "its own row.",
+            "",
+            harness.table(
+                ["write", "with indexes s", "without s", "with / without"],
+                [
+                    [
+                        f"{count:,} changes",
+                        harness.seconds_cell(with_indexes),
+                        harness.seconds_cell(without),
+                        harness.ratio_cell(harness.ratios(with_indexes, without)),
+                    ]
+                ],
+            ),
+        ]
+    )
 
 
 def report(
