@@ -173,6 +173,16 @@ def pages(state: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     since = datetime.datetime.now(datetime.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     until = since + datetime.timedelta(days=1)
     today = urlencode({"created__gte": since.isoformat(), "created__lt": until.isoformat()})
+    after = until + datetime.timedelta(days=1)
+    empty = urlencode({"created__gte": until.isoformat(), "created__lt": after.isoformat()})
+    day_ago = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    day_ago -= datetime.timedelta(days=1)
+    hour = urlencode(
+        {
+            "created__gte": day_ago.isoformat(),
+            "created__lt": (day_ago + datetime.timedelta(hours=1)).isoformat(),
+        }
+    )
     base = "/admin/pubsubpull"
     return [
         ("change list", f"{base}/change/", "/change/", True),
@@ -180,9 +190,22 @@ def pages(state: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
         ("request list", f"{base}/request/", "/request/", True),
         ("subscription list", f"{base}/subscription/", "/subscription/", True),
         ("a rare model's changes (1 %)", f"{base}/change/?model=shop.product", "?model=", False),
+        ("a model without changes", f"{base}/change/?model=billing.invoice", "?model=", False),
         ("deletes", f"{base}/change/?op=delete", "?op=delete", False),
         ("one request's changes", f"{base}/change/?request={request.pk}", "?request=", False),
         ("changes of today", f"{base}/change/?{today}", "?created__gte=&created__lt=", False),
+        (
+            "changes of tomorrow (none)",
+            f"{base}/change/?{empty}",
+            "?created__gte=&created__lt=",
+            False,
+        ),
+        (
+            "changes of an hour a day ago (a URL made by hand)",
+            f"{base}/change/?{hour}",
+            "?created__gte=&created__lt=",
+            False,
+        ),
         (f"change list, page {last}", f"{base}/change/?p={last}", f"?p={last}", False),
         ("request page", f"{base}/request/{request.pk}/change/", "/request/<id>/change/", False),
         (
@@ -232,6 +255,7 @@ def plans(state: dict[str, Any]) -> list[list[str]]:
     now = timezone.now()
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     day_ago = now - datetime.timedelta(days=1)
+    tomorrow = today + datetime.timedelta(days=1)
     hour_later = day_ago + datetime.timedelta(hours=1)
     newest = Change.objects.order_by("-id")
     queries: list[tuple[str, Any]] = [
@@ -241,6 +265,7 @@ def plans(state: dict[str, Any]) -> list[list[str]]:
         ("an op's newest changes", newest.filter(op="delete")[:100]),
         ("a request's changes", newest.filter(request_id=state["request"].pk)[:100]),
         ("changes created today", newest.filter(created__gte=today)[:100]),
+        ("changes of tomorrow (none)", newest.filter(created__gte=tomorrow)[:100]),
         ("changes of an hour a day ago", newest.filter(created__range=(day_ago, hour_later))[:100]),
         ("newest requests", Request.objects.order_by("-started")[:100]),
         (
