@@ -408,10 +408,14 @@ def report(
         "`count(*)` over a `LIMIT 10001` subquery) instead of the whole table; the model and "
         "op filters list the registry's models and the four row operations instead of "
         "reading the log's distinct values. A model's changes use the `(model, id)` index, "
-        "a time range the BRIN index on `created` unless its changes are the newest (then the "
-        "primary key read backwards finds them first), a subscription's attempts "
-        "`(subscription, created, id)`. The subscription list counts each subscription's lag up to "
-        "`LAG_CAP` (no change JSON unless a subscription has a filter).",
+        "a subscription's attempts `(subscription, created, id)`. The date filter's choices "
+        "(today, past 7 days, this month, this year) end now: the primary key read backwards "
+        "meets their changes first, and when there are none the BRIN index on `created` "
+        "answers. A range far back, which only a URL made by hand asks for, is still read "
+        "backwards from the newest change (the planner expects to meet its rows soon): "
+        "hundreds of milliseconds on this log. The subscription list counts each "
+        "subscription's lag up to `LAG_CAP` (no change JSON unless a subscription has a "
+        "filter).",
     ]
     return "\n".join(lines)
 
