@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-MODULES = ("capture", "writers", "delivery", "pull", "memory")
+MODULES = ("capture", "writers", "delivery", "pull", "memory", "admin")
 DATABASE = "pubsubpull_bench"
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,9 +85,8 @@ def drop_database(url: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
 
 
-def header(args: argparse.Namespace, server: str, started: datetime.datetime) -> str:
-    from benchmarks import harness
-
+def header_command(args: argparse.Namespace) -> str:
+    """The command line of this run, as the report names it."""
     command = "python -m benchmarks"
     if args.quick:
         command += " --quick"
@@ -95,6 +94,35 @@ def header(args: argparse.Namespace, server: str, started: datetime.datetime) ->
         command += " --dry-run"
     if args.only:
         command += " --only " + " ".join(args.only)
+    return command
+
+
+def merge(report: str, sections: list[str], run_line: str) -> str:
+    """``report`` (a whole earlier run) with ``sections`` put in place of its sections of
+    the same title (``## ...``), new ones before the total run time, and ``run_line`` added
+    to its header (after earlier reruns' lines): ``--only`` reruns some sections and keeps
+    the others."""
+    header, *old = report.rstrip("\n").split("\n\n## ")
+    old = ["## " + section for section in old]
+    total = ""
+    if old and "\n\n_Total run time" in old[-1]:
+        old[-1], total = old[-1].split("\n\n_Total run time", 1)
+        total = "_Total run time" + total
+    titles = [section.split("\n", 1)[0] for section in old]
+    for section in sections:
+        title = section.split("\n", 1)[0]
+        if title in titles:
+            old[titles.index(title)] = section
+        else:
+            old.append(section)
+            titles.append(title)
+    return "\n\n".join([header + "\n" + run_line, *old, *([total] if total else [])]) + "\n"
+
+
+def header(args: argparse.Namespace, server: str, started: datetime.datetime) -> str:
+    from benchmarks import harness
+
+    command = header_command(args)
     mode = "dry run (tiny sizes)" if args.dry_run else ("quick" if args.quick else "full")
     lines = [
         "# Benchmarks",
@@ -157,7 +185,11 @@ def run(args: argparse.Namespace) -> int:
             output = Path(tempfile.mkstemp(prefix="BENCHMARKS-dry-", suffix=".md")[1])
         else:
             output = ROOT / "BENCHMARKS.md"
-    output.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
+    report = "\n\n".join(sections) + "\n"
+    if args.only and output.exists():  # the other sections stay as an earlier run wrote them
+        run_line = f"- Sections rerun: `{header_command(args)}`, {started:%Y-%m-%d %H:%M} UTC"
+        report = merge(output.read_text(encoding="utf-8"), sections[1:-1], run_line)
+    output.write_text(report, encoding="utf-8")
     print(f"wrote {output} in {total:.0f} s", flush=True)
 
     connections.close_all()

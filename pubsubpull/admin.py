@@ -1,21 +1,28 @@
-"""Admin: the change log, requests and delivery attempts, read-only; subscriptions, edited by
-the API's rules (pause, resume and replay as actions)."""
+"""Admin: the change log, requests and delivery attempts, read-only, newest first and fast
+on a log of millions (no full count, filters from the registry); subscriptions, edited by
+the API's rules, with their recent delivery attempts."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
+from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
 from django.db.models import ForeignKey, QuerySet
-from django.http import HttpRequest
-from django.utils.html import format_html
+from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
+from django.utils.functional import cached_property
+from django.utils.html import format_html, format_html_join
 
-from . import subscriptions
+from . import diffs, events, registry, subscriptions, topics
 from .models import Change, Delivery, Request, Subscription, SubscriptionQuerySet
-from .positions import START
+from .positions import START, Position
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
@@ -39,57 +46,226 @@ def _headers(headers: Any) -> str:
     )
 
 
-class ChangedFields:
-    @admin.display(description="fields")
-    def changed_fields(self, change: Change) -> str:
-        return ", ".join(change.fields)
+#: Rows a change list counts at most: beyond, its pages stop (filters narrow the list).
+COUNT_CAP = 10_000
 
 
-class ChangeInline(ChangedFields, admin.TabularInline):  # type: ignore[type-arg]
-    model = Change
-    fields = readonly_fields = ("id", "topic", "object_pk", "changed_fields", "created")
-    can_delete = False
-    extra = 0
-    show_change_link = True
+class CappedPaginator(Paginator):  # type: ignore[type-arg]
+    """A paginator that counts at most :data:`COUNT_CAP` rows.
 
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+    ``count`` is one ``SELECT count(*)`` over the first ``COUNT_CAP + 1`` rows of the
+    ordered list (an index scan that stops there), never over the whole log; ``capped``
+    says whether there are more than it shows.
+    """
+
+    cap = COUNT_CAP
+
+    @cached_property
+    def _counted(self) -> int:
+        rows: QuerySet[Any] = self.object_list  # type: ignore[assignment]
+        return rows[: self.cap + 1].count()
+
+    @cached_property
+    def count(self) -> int:
+        return min(self._counted, self.cap)
+
+    @property
+    def capped(self) -> bool:
+        """Whether the list holds more rows than :attr:`count` (and its pages) show."""
+        return self._counted > self.cap
+
+
+class LargeListAdmin(ReadOnlyAdmin):
+    """A read-only list of a table that grows without bound (the log, its requests):
+    counted up to :data:`COUNT_CAP` only, and the title says when it stopped counting."""
+
+    paginator = CappedPaginator
+    show_full_result_count = False  # the "N total" link would count every row
+    show_facets = admin.ShowFacets.NEVER  # a count per filter choice, each over the table
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        response = super().changelist_view(request, extra_context)
+        context = getattr(response, "context_data", None)  # not on a redirect
+        changelist = context.get("cl") if context else None
+        if context is not None and changelist is not None and changelist.paginator.capped:
+            shown, noun = changelist.paginator.count, changelist.opts.verbose_name_plural
+            context["subtitle"] = (
+                f"Only the newest {shown:,} {noun} are paged: filter to reach older ones"
+            )
+        return response
+
+
+class ModelFilter(admin.SimpleListFilter):
+    """The change log by model: the tracked models and declared event labels (the registry
+    and settings), not the distinct values of the log, which would scan all of it."""
+
+    title = "model"
+    parameter_name = "model"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        labels = {tracked.label for tracked in registry.tracked()} | set(events.labels())
+        return [(label, label) for label in sorted(labels)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        return queryset.filter(model=value) if value else queryset
+
+
+class OpFilter(admin.SimpleListFilter):
+    """The change log by operation: the row operations (custom events' names are free)."""
+
+    title = "op"
+    parameter_name = "op"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(op, op) for op in topics.OPS]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        return queryset.filter(op=value) if value else queryset
+
+
+class RequestFilter(admin.SimpleListFilter):
+    """The changes of one request (``?request=<id>``, the request page's link); shown only
+    while one is chosen: listing every request would read the whole table."""
+
+    title = "request"
+    parameter_name = "request"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        value = self.value()
+        if not value:
+            return []  # no choice: the filter is hidden
+        chosen = Request.objects.filter(pk=value).first() if _is_uuid(value) else None
+        return [(value, value if chosen is None else str(chosen))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if not value:
+            return queryset
+        if not _is_uuid(value):
+            raise IncorrectLookupParameters(f"request={value!r} is not a request id")
+        return queryset.filter(request_id=value)
+
+
+def _is_uuid(value: str | None) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
         return False
+    return True
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+
+def changes_url(**query: str) -> str:
+    """The change list's URL with these query parameters."""
+    url = reverse("admin:pubsubpull_change_changelist")
+    return f"{url}?{urlencode(query)}" if query else url
 
 
 @admin.register(Change)
-class ChangeAdmin(ChangedFields, ReadOnlyAdmin):
+class ChangeAdmin(LargeListAdmin):
+    """The change log, newest first; a change's page shows it as a diff."""
+
     list_display = ["id", "topic", "object_pk", "request", "created"]
-    list_filter = ["op", "model", "topic", "created"]
-    search_fields = ["=object_pk", "topic"]
-    date_hierarchy = "created"
+    list_filter = [ModelFilter, OpFilter, RequestFilter, ("created", admin.DateFieldListFilter)]
+    search_fields = ["=object_pk"]
     list_select_related = ["request"]
+    ordering = ["-id"]  # the primary key's index, read backwards
+    sortable_by = ["id"]  # sorting by another column would sort the whole log
     fields = readonly_fields = (
         "id",
-        "txid",
+        "position",
         "topic",
         "model",
         "table",
         "op",
         "object_pk",
-        "changed_fields",
-        "old",
-        "new",
+        "diff",
         "request",
-        "context",
+        "context_json",
         "created",
     )
-    show_full_result_count = False  # counting a large log is slow
+
+    class Media:
+        css = {"all": ["pubsubpull/admin.css"]}
+
+    @admin.display(description="position")
+    def position(self, change: Change) -> str:
+        return str(Position(change.txid, change.id))
+
+    @admin.display(description="diff")
+    def diff(self, change: Change) -> str:
+        rows = format_html_join(
+            "\n",
+            '<tr class="{}"><th scope="row">{}</th><td><pre>{}</pre></td>'
+            "<td><pre>{}</pre></td></tr>",
+            (
+                (
+                    "pubsubpull-changed" if field.changed else "",
+                    field.name,
+                    diffs.pretty(field.old),
+                    diffs.pretty(field.new),
+                )
+                for field in diffs.field_diffs(change)
+            ),
+        )
+        return format_html(
+            '<table class="pubsubpull-diff"><thead><tr><th scope="col">field</th>'
+            '<th scope="col">old</th><th scope="col">new</th></tr></thead>'
+            "<tbody>{}</tbody></table>",
+            rows,
+        )
+
+    @admin.display(description="context")
+    def context_json(self, change: Change) -> str:
+        if change.context is None:
+            return "-"
+        return format_html("<pre>{}</pre>", diffs.pretty(change.context))
+
+
+class MethodFilter(admin.SimpleListFilter):
+    """Requests by HTTP method: a fixed list, not the distinct values of the table."""
+
+    title = "method"
+    parameter_name = "method"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(method, method) for method in ("POST", "PUT", "PATCH", "DELETE", "GET")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        return queryset.filter(method=value) if value else queryset
+
+
+class StatusFilter(admin.SimpleListFilter):
+    """Requests by status class (2xx ... 5xx), and those still running or that raised."""
+
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(f"{n}xx", f"{n}xx") for n in range(2, 6)] + [("none", "none")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if value == "none":
+            return queryset.filter(status__isnull=True)
+        if value in {f"{n}xx" for n in range(2, 6)}:
+            low = int(value[0]) * 100
+            return queryset.filter(status__gte=low, status__lt=low + 100)
+        return queryset
 
 
 @admin.register(Request)
-class RequestAdmin(ReadOnlyAdmin):
+class RequestAdmin(LargeListAdmin):
+    """Requests that changed tracked rows, newest first; a request's page links its changes."""
+
     list_display = ["started", "method", "path", "username", "status", "duration"]
-    list_filter = ["method", "status", "started"]
+    list_filter = [MethodFilter, StatusFilter, ("started", admin.DateFieldListFilter)]
     search_fields = ["path", "username"]
-    date_hierarchy = "started"
+    sortable_by = ["started"]  # its index; another column would sort the whole table
     fields = readonly_fields = (
         "id",
         "user",
@@ -99,8 +275,15 @@ class RequestAdmin(ReadOnlyAdmin):
         "started",
         "duration",
         "status",
+        "changes",
     )
-    inlines = [ChangeInline]
+
+    @admin.display(description="changes")
+    def changes(self, obj: Request) -> str:
+        counted = obj.changes.all()[: COUNT_CAP + 1].count()
+        shown = f"{COUNT_CAP:,}+" if counted > COUNT_CAP else f"{counted:,}"
+        noun = "change" if counted == 1 else "changes"
+        return format_html('<a href="{}">{} {}</a>', changes_url(request=str(obj.pk)), shown, noun)
 
 
 #: What a local subscriber's code sets (``@pubsubpull.on``, via ``local_subscribers.sync``).
@@ -184,6 +367,10 @@ class SubscriptionForm(forms.ModelForm):  # type: ignore[type-arg]
                 self.add_error(None, error)
 
 
+#: Delivery attempts a subscription's page lists, newest first.
+RECENT_ATTEMPTS = 20
+
+
 @admin.register(Subscription)
 class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     """Subscriptions with their lag and last error; the secret is never shown.
@@ -196,6 +383,10 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     """
 
     form = SubscriptionForm
+
+    class Media:
+        css = {"all": ["pubsubpull/admin.css"]}
+
     list_display = ["name", "owner", "target", "status", "lag", "failures", "last_error"]
     list_filter = ["status"]
     search_fields = ["name", "target", "owner__username"]
@@ -220,6 +411,7 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "down_since",
         "created",
         "updated",
+        "recent_attempts",
     ]
     readonly_fields = [
         "header_names",
@@ -231,7 +423,9 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "down_since",
         "created",
         "updated",
+        "recent_attempts",
     ]
+    list_select_related = ["owner"]
     actions = ["pause", "resume", "replay_from_start"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Subscription]:
@@ -291,18 +485,59 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def lag(self, subscription: Subscription) -> int | None:
         return subscriptions.lag(subscription)
 
+    @admin.display(description=f"last {RECENT_ATTEMPTS} attempts")
+    def recent_attempts(self, subscription: Subscription) -> str:
+        if subscription.pk is None:
+            return "-"
+        attempts = list(subscription.deliveries.order_by("-created", "-id")[:RECENT_ATTEMPTS])
+        if not attempts:
+            return "none yet"
+        rows = format_html_join(
+            "\n",
+            '<tr class="{}"><td><a href="{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td>'
+            "<td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    "" if attempt.ok else "pubsubpull-failed",
+                    reverse("admin:pubsubpull_delivery_change", args=[attempt.pk]),
+                    attempt.created.isoformat(sep=" ", timespec="seconds"),
+                    attempt.count,
+                    attempt.first,
+                    attempt.last,
+                    "-" if attempt.status_code is None else attempt.status_code,
+                    f"{attempt.duration.total_seconds():.3f} s",
+                    attempt.error or "",
+                )
+                for attempt in attempts
+            ),
+        )
+        every = reverse("admin:pubsubpull_delivery_changelist")
+        return format_html(
+            '<table class="pubsubpull-attempts"><thead><tr><th scope="col">time</th>'
+            '<th scope="col">changes</th><th scope="col">first</th><th scope="col">last</th>'
+            '<th scope="col">status</th><th scope="col">duration</th><th scope="col">error</th>'
+            '</tr></thead><tbody>{}</tbody></table><p><a href="{}?{}">all attempts</a></p>',
+            rows,
+            every,
+            urlencode({"subscription__id__exact": subscription.pk}),
+        )
+
     @admin.action(description="Pause the selected subscriptions")
     def pause(self, request: HttpRequest, queryset: SubscriptionQuerySet) -> None:
-        queryset.pause()
+        self.message_user(request, f"Paused {_subscriptions(queryset.pause())}.")
 
     @admin.action(description="Resume the selected subscriptions (clears failures)")
     def resume(self, request: HttpRequest, queryset: SubscriptionQuerySet) -> None:
-        queryset.resume()
+        self.message_user(request, f"Resumed {_subscriptions(queryset.resume())}.")
 
     @admin.action(description="Replay the selected subscriptions from the start of the log")
     def replay_from_start(self, request: HttpRequest, queryset: SubscriptionQuerySet) -> None:
         queryset.replay(START)
         self.message_user(request, "To replay from a position, edit the subscription's cursor.")
+
+
+def _subscriptions(count: int) -> str:
+    return f"{count} subscription" if count == 1 else f"{count} subscriptions"
 
 
 @admin.register(Delivery)

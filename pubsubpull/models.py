@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.contrib.postgres.indexes import BrinIndex
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models.functions import Now
@@ -103,7 +104,13 @@ class Change(_Immutable):
 
     class Meta:
         ordering = ["txid", "id"]
-        indexes = [models.Index(fields=["txid", "id"], name="pubsubpull_change_position")]
+        indexes = [
+            models.Index(fields=["txid", "id"], name="pubsubpull_change_position"),
+            # The admin: a model's changes newest first (the model filter), and changes by
+            # time (its date filter; BRIN: created grows with id, and it costs writers little).
+            models.Index(fields=["model", "id"], name="pubsubpull_change_model"),
+            BrinIndex(fields=["created"], name="pubsubpull_change_created"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.topic} {self.object_pk or ''}".strip()
@@ -352,6 +359,11 @@ class Delivery(_Immutable):
     class Meta:
         ordering = ["-created", "-id"]
         verbose_name_plural = "deliveries"
+        indexes = [  # a subscription's recent attempts (its admin page)
+            models.Index(
+                fields=["subscription", "created", "id"], name="pubsubpull_delivery_recent"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.subscription} {self.first}..{self.last}: {self.status_code or self.error}"

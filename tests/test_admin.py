@@ -4,19 +4,25 @@ follow the API's rules, also for staff who are not superusers."""
 from __future__ import annotations
 
 import json
+import re
+import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from django.contrib.admin import site
 from django.contrib.auth.models import Permission, User
+from django.db import connection
 from django.test import Client, RequestFactory
+from django.test.utils import CaptureQueriesContext
 
 import pubsubpull
-from pubsubpull import local_subscribers, subscriptions
+from pubsubpull import diffs, local_subscribers, subscriptions
+from pubsubpull.admin import COUNT_CAP, RECENT_ATTEMPTS, CappedPaginator
 from pubsubpull.crypto import encrypt
 from pubsubpull.models import Change, Delivery, Request, Subscription
 from pubsubpull.webhooks import generate_secret
+from test_project.shop.models import Customer, Order
 
 if TYPE_CHECKING:
     from django.test.client import _MonkeyPatchedWSGIResponse as Response
@@ -37,13 +43,68 @@ def test_change_changelist_has_filters_and_no_add(staff: Client) -> None:
     assert response.status_code == 200
     content = response.content.decode()
     assert "shop.customer.insert" in content
-    for title in ("By op", "By model", "By topic", "By created"):
+    for title in ("By model", "By op", "By created"):
         assert title in content
+    assert "By topic" not in content  # a DISTINCT over the whole log
+    assert "By request" not in content  # shown only while one is chosen
     assert "/admin/pubsubpull/change/add/" not in content
     assert staff.get("/admin/pubsubpull/change/add/").status_code == 403
-    assert staff.get("/admin/pubsubpull/change/?op__exact=insert").context["cl"].result_count
-    filtered = staff.get("/admin/pubsubpull/change/?op__exact=delete")
+    assert staff.get("/admin/pubsubpull/change/?op=insert").context["cl"].result_count
+    filtered = staff.get("/admin/pubsubpull/change/?op=delete")
     assert filtered.context["cl"].result_count == 0
+
+
+def choices(response: Response, title: str) -> list[str]:
+    """The choices of the change list's filter ``title``, "All" left out."""
+    for spec in response.context["cl"].filter_specs:
+        if spec.title == title:
+            return [c["display"] for c in spec.choices(response.context["cl"])][1:]
+    raise AssertionError(f"no filter {title!r}")
+
+
+def test_change_list_is_newest_first_and_filters_come_from_the_registry(staff: Client) -> None:
+    Customer.objects.create(name="Second")
+    Order.objects.create(customer=Customer.objects.get(name="Second"))
+    with CaptureQueriesContext(connection) as queries:
+        response = staff.get("/admin/pubsubpull/change/")
+        assert "Show counts" not in response.content.decode()
+        staff.get("/admin/pubsubpull/change/?_facets=1")  # asked for anyway: none
+    listed = [change.pk for change in response.context["cl"].result_list]
+    assert listed == sorted(listed, reverse=True)
+    assert [c.model for c in response.context["cl"].result_list][:2] == [
+        "shop.order",
+        "shop.customer",
+    ]
+    # tracked models (code and settings) and event labels, whether or not they changed yet
+    assert choices(response, "model") == [
+        "auth.user",
+        "billing.invoice",
+        "shop.customer",
+        "shop.order",
+        "shop.product",
+    ]
+    assert choices(response, "op") == ["insert", "update", "delete", "truncate"]
+    log = [query["sql"].upper() for query in queries.captured_queries]
+    assert not [sql for sql in log if "DISTINCT" in sql]
+    counts = [sql for sql in log if "COUNT(" in sql]
+    assert counts and all(f"LIMIT {COUNT_CAP + 1}" in sql for sql in counts), counts
+
+    by_model = staff.get("/admin/pubsubpull/change/?model=shop.customer").context["cl"]
+    assert {change.model for change in by_model.result_list} == {"shop.customer"}
+    assert by_model.result_count == 2
+
+
+def test_change_list_counts_up_to_the_cap_and_says_so(
+    staff: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(CappedPaginator, "cap", 2)
+    Customer.objects.bulk_create(Customer(name=f"c{i}") for i in range(4))
+    response = staff.get("/admin/pubsubpull/change/?op=insert")
+    assert response.context["cl"].result_count == 2  # of 5
+    assert response.context["cl"].paginator.num_pages == 1
+    assert "Only the newest 2 changes are paged" in response.content.decode()
+    few = staff.get("/admin/pubsubpull/change/?model=auth.user")  # root, created by the fixture
+    assert "are paged" not in few.content.decode()
 
 
 def test_change_page_is_read_only(staff: Client) -> None:
@@ -56,14 +117,97 @@ def test_change_page_is_read_only(staff: Client) -> None:
     assert Change.objects.filter(pk=change.pk).exists()
 
 
-def test_request_page_shows_its_changes(staff: Client) -> None:
+def diff_rows(response: Response) -> dict[str, tuple[str, str, bool]]:
+    """The change page's diff table: field -> (old, new, highlighted), as HTML."""
+    content = response.content.decode()
+    table = content[content.index('<table class="pubsubpull-diff">') :]
+    table = table[: table.index("</table>")]
+    rows = {}
+    for match in re.finditer(
+        r'<tr class="([^"]*)"><th scope="row">([^<]*)</th><td><pre>(.*?)</pre></td>'
+        r"<td><pre>(.*?)</pre></td></tr>",
+        table,
+        re.S,
+    ):
+        rows[match[2]] = (match[3], match[4], match[1] == "pubsubpull-changed")
+    return rows
+
+
+def test_change_page_shows_a_diff_with_the_changed_fields_highlighted(staff: Client) -> None:
+    customer = Customer.objects.get(name="Admin Seen")
+    Customer.objects.filter(pk=customer.pk).update(name="Renamed", active=False)
+    change = Change.objects.get(model="shop.customer", op="update")
+    rows = diff_rows(staff.get(f"/admin/pubsubpull/change/{change.pk}/change/"))
+    assert list(rows) == ["id", "name", "email", "active"]  # the model's order; no password
+    assert rows["name"] == ("&quot;Admin Seen&quot;", "&quot;Renamed&quot;", True)
+    assert rows["active"] == ("true", "false", True)
+    assert rows["email"] == ("&quot;&quot;", "&quot;&quot;", False)
+    assert rows["id"] == (str(customer.pk), str(customer.pk), False)
+
+    insert = Change.objects.get(model="shop.customer", op="insert")
+    rows = diff_rows(staff.get(f"/admin/pubsubpull/change/{insert.pk}/change/"))
+    assert rows["name"] == ("", "&quot;Admin Seen&quot;", False)  # nothing to compare with
+
+
+def test_change_page_shows_user_data_escaped(staff: Client) -> None:
+    attack = "<script>alert('pwned')</script>"
+    customer = Customer.objects.create(name=attack)
+    change = Change.objects.filter(object_pk=str(customer.pk)).get()
+    content = staff.get(f"/admin/pubsubpull/change/{change.pk}/change/").content.decode()
+    assert "<script>alert" not in content
+    assert "&lt;script&gt;alert(&#x27;pwned&#x27;)&lt;/script&gt;" in content
+
+
+def test_change_page_pretty_prints_json(staff: Client) -> None:
+    with pubsubpull.context(job="import <b>"):
+        event = pubsubpull.publish(
+            "billing.invoice.paid", {"lines": [{"sku": "A", "qty": 2}], "total": "9.50"}
+        )
+    response = staff.get(f"/admin/pubsubpull/change/{event.pk}/change/")
+    rows = diff_rows(response)
+    assert rows["lines"] == (
+        "",
+        "[\n  {\n    &quot;qty&quot;: 2,\n    &quot;sku&quot;: &quot;A&quot;\n  }\n]",
+        False,
+    )
+    assert "<pre>{\n  &quot;job&quot;: &quot;import &lt;b&gt;&quot;\n}</pre>" in (
+        response.content.decode()
+    )
+
+
+def test_request_page_links_its_changes(staff: Client) -> None:
     request = Request.objects.get()
+    Customer.objects.create(name="Outside any request")
     response = staff.get(f"/admin/pubsubpull/request/{request.pk}/change/")
     assert response.status_code == 200
     content = response.content.decode()
     assert "/shop/customers/" in content
-    assert "shop.customer.insert" in content
+    link = f'<a href="/admin/pubsubpull/change/?request={request.pk}">1 change</a>'
+    assert link in content
+    changes = staff.get(f"/admin/pubsubpull/change/?request={request.pk}")
+    assert [c.topic for c in changes.context["cl"].result_list] == ["shop.customer.insert"]
+    assert "By request" in changes.content.decode()  # removable, like any filter
     assert staff.get("/admin/pubsubpull/request/").status_code == 200
+    bad = staff.get("/admin/pubsubpull/change/?request=not-a-uuid")
+    assert bad.status_code == 302 and bad["Location"].endswith("?e=1")
+    unknown = staff.get(f"/admin/pubsubpull/change/?request={uuid.uuid4()}")
+    assert unknown.context["cl"].result_count == 0  # not every change
+
+
+def test_request_list_filters_need_no_scan(staff: Client) -> None:
+    with CaptureQueriesContext(connection) as queries:
+        response = staff.get("/admin/pubsubpull/request/?status=2xx&method=POST&_facets=1")
+    assert [r.path for r in response.context["cl"].result_list] == ["/shop/customers/"]
+    assert staff.get("/admin/pubsubpull/request/?status=4xx").context["cl"].result_count == 0
+    log = [query["sql"].upper() for query in queries.captured_queries]
+    assert not [sql for sql in log if "DISTINCT" in sql]
+    assert all(f"LIMIT {COUNT_CAP + 1}" in sql for sql in log if "COUNT(" in sql)
+
+
+def test_field_diffs_of_a_payload_that_is_not_an_object() -> None:
+    event = Change(model="billing.invoice", op="paid", new=["a", 1])
+    assert diffs.field_diffs(event) == [diffs.FieldDiff(diffs.VALUE, diffs.ABSENT, ["a", 1], False)]
+    assert diffs.pretty(diffs.ABSENT) == ""
 
 
 # -- subscriptions, edited by staff with only the subscription permissions ----------------
@@ -600,3 +744,40 @@ def test_staff_see_only_their_own_subscriptions_deliveries(client: Client) -> No
     assert own.status_code == 200
     other_page = client.get(f"/admin/pubsubpull/delivery/{attempts['theirs'].pk}/change/")
     assert other_page.status_code == 302  # redirected away: not theirs to see
+
+
+def attempt(subscription: Subscription, n: int, status_code: int | None = 200) -> Delivery:
+    return Delivery.objects.create(
+        subscription=subscription,
+        batch_id=f"batch-{n}",
+        first=f"1-{n}",
+        last=f"1-{n}",
+        count=1,
+        status_code=status_code,
+        error="" if status_code == 200 else f"<b>refused {n}</b>",
+        duration=timedelta(milliseconds=n),
+    )
+
+
+def test_subscription_page_shows_its_recent_attempts(
+    root_client: Client, subscription: Subscription
+) -> None:
+    for n in range(RECENT_ATTEMPTS + 5):
+        attempt(subscription, n, 200 if n % 2 else None)
+    content = root_client.get(url(subscription)).content.decode()
+    table = content[content.index('<table class="pubsubpull-attempts">') :]
+    table = table[: table.index("</table>")]
+    batches = re.findall(r"<td>1-(\d+)</td><td>1-\d+</td>", table)
+    newest = range(RECENT_ATTEMPTS + 4, 4, -1)
+    assert [int(n) for n in batches] == list(newest)  # the last 20, newest first
+    assert "&lt;b&gt;refused 24&lt;/b&gt;" in table and "<b>refused" not in table
+    assert table.count('class="pubsubpull-failed"') == RECENT_ATTEMPTS // 2
+    every = f'href="/admin/pubsubpull/delivery/?subscription__id__exact={subscription.pk}"'
+    assert every in content
+
+
+def test_subscription_page_without_attempts(
+    root_client: Client, subscription: Subscription
+) -> None:
+    assert "none yet" in root_client.get(url(subscription)).content.decode()
+    assert root_client.get(url()).status_code == 200  # the add page: no attempts field

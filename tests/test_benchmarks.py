@@ -19,7 +19,7 @@ pytest.importorskip("pghistory")
 pytest.importorskip("rest_framework")
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("## Capture cost", "## Delivery", "## Pull", "## Memory")
+SECTIONS = ("## Capture cost", "## Delivery", "## Pull", "## Memory", "## Admin")
 
 
 @pytest.mark.slow
@@ -47,3 +47,18 @@ def test_dry_run_writes_every_section(tmp_path: Path) -> None:
         assert f"\n{title}\n" in report, f"{title!r} missing from the report"
     assert ": failed" not in report
     assert "PostgreSQL: " in report
+
+
+def test_only_replaces_the_sections_it_ran() -> None:
+    """``--only`` keeps the other sections of BENCHMARKS.md as the earlier run wrote them."""
+    from benchmarks.__main__ import merge
+
+    earlier = (
+        "# Benchmarks\n\n- Run: full\n\n## Pull\n\nold pull\n\n## Memory\n\nold\n\n"
+        "_Total run time: 9 s._\n"
+    )
+    merged = merge(earlier, ["## Pull\n\nnew pull", "## Admin\n\nnew"], "- Sections rerun: x")
+    assert merged == (
+        "# Benchmarks\n\n- Run: full\n- Sections rerun: x\n\n## Pull\n\nnew pull\n\n"
+        "## Memory\n\nold\n\n## Admin\n\nnew\n\n_Total run time: 9 s._\n"
+    )
