@@ -62,11 +62,13 @@ FROM generate_series(0, %(requests)s - 1) AS r
 """
 _DELIVERIES = """
 INSERT INTO pubsubpull_delivery
-    (subscription_id, batch_id, first, last, count, status_code, error, duration, created)
+    (subscription_id, batch_id, first, last, count, status_code, error, duration, created,
+     request_headers, response_headers, response_body)
 SELECT %(subscription)s, md5(d::text), '1-' || d * 100, '1-' || d * 100 + 99, 100,
        CASE WHEN d %% 10 = 0 THEN 503 ELSE 200 END,
        CASE WHEN d %% 10 = 0 THEN 'HTTP 503' ELSE '' END,
-       interval '20 milliseconds', %(end)s::timestamptz - (%(count)s - d) * interval '1 second'
+       interval '20 milliseconds', %(end)s::timestamptz - (%(count)s - d) * interval '1 second',
+       '{"Content-Type": "application/json"}', '{}', ''
 FROM generate_series(1, %(count)s) AS d
 """
 

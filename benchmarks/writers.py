@@ -155,6 +155,7 @@ def variant_capture_sql() -> tuple[str, str]:
         table=literal(VARIANT_TABLE),
         pk=identifier(tracked.pk_column),
         doc=tracked.document_sql("r"),
+        changed=tracked.changed_sql("c.old", "c.new"),
     )
     triggers = render(
         "capture_triggers",

@@ -332,7 +332,7 @@ def _check_keys(conf: Any) -> list[checks.CheckMessage]:
 
 
 def _check_track(conf: Any) -> list[checks.CheckMessage]:
-    """E013: TRACK is a dict of model label -> {} or {"exclude": [field names]}."""
+    """E013: TRACK is a dict of model label -> {} or {"exclude": [...], "ignore": [...]}."""
     track = conf.get("TRACK")
     example = 'e.g. {"auth.user": {"exclude": ["password"]}, "shop.order": {}}'
     if not isinstance(track, dict):
@@ -356,10 +356,11 @@ def _check_track(conf: Any) -> list[checks.CheckMessage]:
         elif not conf.is_track_options(options):
             errors.append(
                 checks.Error(
-                    f"PUBSUBPULL['TRACK'][{label!r}] must be {{}} or {{'exclude': [field "
-                    f"names]}}, not {options!r}: {label} is not tracked.",
-                    hint="The one option is 'exclude', a list of the fields left out of the "
-                    f"changes: {example}.",
+                    f"PUBSUBPULL['TRACK'][{label!r}] must be {{}} or a dict of 'exclude' "
+                    f"and 'ignore' lists of field names, not {options!r}: {label} is not "
+                    "tracked.",
+                    hint="'exclude': fields left out of the changes; 'ignore': fields whose "
+                    f"change alone records nothing: {example}.",
                     id="pubsubpull.E013",
                 )
             )

@@ -105,8 +105,8 @@ def get(name: str) -> Any:
 
 
 def is_track_options(options: object) -> bool:
-    """Whether a ``TRACK`` entry's options are usable: ``{}``, ``None`` or
-    ``{"exclude": [field names]}``."""
+    """Whether a ``TRACK`` entry's options are usable: ``{}``, ``None`` or a dict of
+    ``"exclude"`` and ``"ignore"`` lists of field names."""
     if options is None:
         return True
     if not isinstance(options, dict) or set(options) - set(TrackOptions.__annotations__):
