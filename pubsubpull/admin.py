@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
@@ -20,7 +20,7 @@ from django.urls import reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 
-from . import diffs, events, registry, subscriptions, topics
+from . import delivery, diffs, events, metrics, registry, subscriptions, topics
 from .models import Change, Delivery, Request, Subscription, SubscriptionQuerySet
 from .positions import START, Position
 
@@ -48,6 +48,8 @@ def _headers(headers: Any) -> str:
 
 #: Rows a change list counts at most: beyond, its pages stop (filters narrow the list).
 COUNT_CAP = 10_000
+#: Subscriptions one ping action pings at most (each waits for its target, in the request).
+PING_LIMIT = 20
 
 
 class CappedPaginator(Paginator):  # type: ignore[type-arg]
@@ -426,7 +428,7 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "recent_attempts",
     ]
     list_select_related = ["owner"]
-    actions = ["pause", "resume", "replay_from_start"]
+    actions = ["pause", "resume", "replay_from_start", "ping"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Subscription]:
         queryset = super().get_queryset(request)
@@ -534,6 +536,20 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def replay_from_start(self, request: HttpRequest, queryset: SubscriptionQuerySet) -> None:
         queryset.replay(START)
         self.message_user(request, "To replay from a position, edit the subscription's cursor.")
+
+    @admin.action(description="Ping the selected subscriptions' targets now")
+    def ping(self, request: HttpRequest, queryset: SubscriptionQuerySet) -> None:
+        for subscription in queryset.select_related("owner")[:PING_LIMIT]:
+            if subscription.is_local:
+                continue
+            attempt = delivery.ping(subscription)
+            answer = attempt.status_code or "no answer"
+            said = f"{metrics.subscription_label(subscription)}: {answer} in "
+            said += f"{attempt.duration.total_seconds():.3f} s"
+            if attempt.ok:
+                self.message_user(request, f"Ping {said}")
+            else:
+                self.message_user(request, f"Ping {said}: {attempt.error}", messages.ERROR)
 
 
 def _subscriptions(count: int) -> str:

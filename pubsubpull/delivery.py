@@ -443,6 +443,14 @@ def _fail(
     """Record a failed attempt on the subscription (if ``in_flight`` still selects it),
     telling operators when it stops; returns when to try again. In a transaction."""
     updates, when = _failed(subscription, attempt, now)
+    if when is not None:
+        label = metrics.subscription_label(subscription)
+        logger.info(
+            "pubsubpull retries %s at %s",
+            label,
+            when.isoformat(),
+            extra={"subscription": label, "next_attempt": when.isoformat()},
+        )
     if in_flight.update(**updates) and "status" in updates:
         status = str(updates["status"])
         logger.warning(

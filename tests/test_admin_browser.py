@@ -171,6 +171,15 @@ def test_pause_and_resume_a_subscription(page: Page, root: User, shop: Request) 
     subscription.refresh_from_db()
     assert subscription.status == "active"
 
+    # ping: the target (nothing listens there, and it is not an allowed target) fails
+    page.click("text=Subscriptions")
+    page.check(f"input[name=_selected_action][value='{subscription.pk}']")
+    page.select_option("select[name=action]", "ping")
+    page.click("button[name=index]")
+    page.wait_for_selector("ul.messagelist li.error")
+    said = page.inner_text("ul.messagelist")
+    assert said.startswith(f"Ping {root.username}/orders: no answer in "), said
+
     for n, status in enumerate([200, 503, 200]):
         Delivery.objects.create(
             subscription=subscription,

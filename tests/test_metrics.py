@@ -114,7 +114,9 @@ def test_deliveries_are_counted_timed_and_logged(
     assert len(receiver.requests) == 2  # the same batch of one change, twice
     assert grew("pubsubpull_delivered_changes_total", label) == len(receiver.requests[-1].changes)
     assert grew("pubsubpull_delivery_duration_seconds_count", ()) == 2
-    logged = [r for r in caplog.records if getattr(r, "subscription", None) == "admin/counted"]
+    ours = [r for r in caplog.records if getattr(r, "subscription", None) == "admin/counted"]
+    logged = [r for r in ours if hasattr(r, "batch_id")]  # the attempts
     assert [r.levelname for r in logged] == ["WARNING", "INFO"]
+    assert [hasattr(r, "next_attempt") for r in ours].count(True) == 1  # the retry
     assert all(r.batch_id and r.duration >= 0 for r in logged)  # type: ignore[attr-defined]
     assert all("webhook-signature" not in r.getMessage() for r in logged)

@@ -163,3 +163,17 @@ def test_a_receiver_view_acknowledges_a_ping_without_handling_it() -> None:
             URL, body, content_type="application/json", headers=sign(SECRET, "ping_1", body)
         )
     assert response.status_code == 204 and Recorder.handled == []
+
+
+def test_the_admin_pings_and_shows_the_answer(api: Client, httpserver: HTTPServer) -> None:
+    receiver = Receiver(statuses=[204, 500])
+    put(api, "adm", {"target": hook(httpserver, receiver)}, status=201)
+    subscription = Subscription.objects.get(name="adm")
+    url = "/admin/pubsubpull/subscription/"
+    action = {"action": "ping", "_selected_action": [subscription.pk]}
+    page = api.post(url, action, follow=True).content.decode()
+    assert "Ping subscriber/adm: 204 in" in page
+    page = api.post(url, action, follow=True).content.decode()
+    assert "Ping subscriber/adm: 500 in" in page and "HTTP 500" in page
+    assert [r.changes[0]["topic"] for r in receiver.requests] == ["pubsubpull.ping"] * 2
+    assert Subscription.objects.get(name="adm").cursor == subscription.cursor
