@@ -29,19 +29,7 @@ def pull(live_server: LiveServer, admin_user: User) -> object:
     _, token = create_token(admin_user)
 
     def run() -> str:
-        out = io.StringIO()
-        call_command(
-            "pubsubpull",
-            "pull",
-            f"{live_server.url}/pubsubpull/",
-            "shop.customer",
-            "--into",
-            "shop.RemoteCustomer",
-            "--token",
-            token,
-            stdout=out,
-        )
-        return out.getvalue()
+        return run_pull(live_server, token, "--quiet")[0]
 
     return run
 
