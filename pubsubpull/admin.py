@@ -135,6 +135,9 @@ class SubscriptionForm(forms.ModelForm):  # type: ignore[type-arg]
         cleaned = self.cleaned_data
         owner = cleaned.get("owner") if "owner" in self.fields else self.instance.owner
         sent = {field: cleaned[field] for field in VALIDATED_FIELDS if field in cleaned}
+        if self.instance.broker_target and cleaned.get("target") == self.instance.target:
+            # a broker target as shown (password masked): it stays as stored
+            del sent["target"]
         if "topics" in sent:
             if owner is None:  # no valid owner chosen: its field says so
                 del sent["topics"]
@@ -150,6 +153,8 @@ class SubscriptionForm(forms.ModelForm):  # type: ignore[type-arg]
                     self.add_error(None, [f"{field}: {message}" for message in messages])
                 # else a field not sent: read-only (a receiver's target) or already refused
         else:
+            if "broker_target" in values:  # not a form field: the full URL, encrypted
+                self.instance.broker_target = values.pop("broker_target")
             cleaned.update(values)  # normalised as the API stores them
         if self.instance._state.adding and owner is not None:
             self._check_room(owner)

@@ -22,7 +22,7 @@ from django.db.models import F
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from . import conf, reads, transport, webhooks
+from . import conf, reads, sinks, transport, webhooks
 from .crypto import decrypt
 from .models import LOCAL_PREFIX, Delivery, Subscription
 from .positions import START, Position
@@ -182,7 +182,7 @@ def body(subscription: Subscription, batch: Batch) -> bytes:
 
 def send(subscription: Subscription, batch: Batch) -> Attempt:
     """Deliver one batch: an HTTP request to the target (PUT; POST of its one change in
-    the standard format), or a call of a local subscriber."""
+    the standard format), a publish to a broker, or a call of a local subscriber."""
     started = time.monotonic()
     status: int | None = None
     error = ""
@@ -191,6 +191,10 @@ def send(subscription: Subscription, batch: Batch) -> Attempt:
             receiver = import_string(subscription.target[len(LOCAL_PREFIX) :])
             receiver([json.loads(change) for change in batch.changes])
             status = 200
+        elif subscription.broker_target:  # redis://, nats://, amqp:// (pubsubpull.sinks)
+            target = decrypt(subscription.broker_target, "broker target")
+            sinks.for_target(target).send(subscription.name, batch.changes)
+            status = 200  # every change confirmed by the broker
         else:
             status, error = _http(subscription, batch)
     except Exception as exc:  # noqa: BLE001 - any failure (network, SSRF re-check, unreadable
