@@ -117,6 +117,13 @@ def validate(owner: Any, data: Any) -> dict[str, Any]:
     check("secret", _secret)
     check("status", _status)
     check("cursor", _cursor)
+    if values.get("broker_target"):
+        for field in ("secret", "headers"):
+            if values.get(field):
+                errors.setdefault(field, []).append(
+                    "not for a broker target: webhook deliveries only (a broker authenticates "
+                    "pubsubpull by the credentials in the target URL)"
+                )
     if errors:
         raise Invalid(errors)
     return values

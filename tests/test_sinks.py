@@ -25,6 +25,7 @@ from nats.js.api import StreamConfig
 from pubsubpull import delivery, sinks
 from pubsubpull.crypto import decrypt
 from pubsubpull.models import Delivery, Subscription
+from pubsubpull.webhooks import generate_secret
 from test_project.shop.models import Customer
 from tests.delivery_helpers import drain, put
 
@@ -346,6 +347,26 @@ def test_connection_cut_mid_stream_loses_nothing(api: Client, broker: Broker, pr
 
 
 @override_settings(PUBSUBPULL=SETTINGS)
+def test_an_idle_connection_cut_meanwhile_is_replaced_before_use(
+    api: Client, broker: Broker, proxy: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kept connection idle past IDLE_PROBE is probed first: one the broker (or the
+    network) ended meanwhile is replaced without failing an attempt."""
+    monkeypatch.setattr(sinks, "IDLE_PROBE", 0.0)
+    put(api, "idle", {"target": broker.target(proxy.port), "topics": ["shop.#"]}, status=201)
+    subscription = Subscription.objects.get(name="idle")
+    Customer.objects.create(name="first")
+    deliver_until(subscription.pk, lambda: len(broker.read()) >= 1)
+    proxy.cut()
+    Customer.objects.create(name="second")
+    deliver_until(subscription.pk, lambda: len(broker.read()) >= 2)
+
+    assert names([body for _, _, body in broker.read()]) == ["first", "second"]
+    assert proxy.accepted == 2
+    assert not Delivery.objects.filter(status_code=None).exists()
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
 def test_jetstream_keeps_one_copy_of_a_retried_batch(api: Client) -> None:
     need(NATS_SERVER, "NATS")
     jetstream = JetStream()
@@ -439,6 +460,29 @@ def test_sink_errors_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @override_settings(PUBSUBPULL=SETTINGS)
+def test_admin_stores_a_broker_target_encrypted(admin_client: Client, owner: Any) -> None:
+    target = f"redis://:{PASSWORD}@127.0.0.1:6379/0?stream=s"
+    data = {
+        "owner": owner.pk,
+        "name": "admin-added",
+        "target": target,
+        "topics": "[]",
+        "filter": "",
+        "batch_size": 100,
+        "status": "active",
+        "cursor": "0-0",
+        "payload": "full",
+        "format": "batch",
+        "max_bytes": "",
+    }
+    response = admin_client.post("/admin/pubsubpull/subscription/add/", data)
+    assert response.status_code == 302, response.content
+    subscription = Subscription.objects.get(name="admin-added")
+    assert subscription.target == "redis://:***@127.0.0.1:6379/0?stream=s"
+    assert decrypt(subscription.broker_target) == target
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
 def test_admin_keeps_the_password_of_a_broker_target(admin_client: Client, owner: Any) -> None:
     target = f"redis://:{PASSWORD}@127.0.0.1:6379/0?stream=s"
     subscription = Subscription.objects.create(owner=owner, name="admin-broker", target="x")
@@ -480,6 +524,17 @@ def test_admin_keeps_the_password_of_a_broker_target(admin_client: Client, owner
 def test_broker_target_parameters_are_checked(api: Client, target: str, field_error: str) -> None:
     answer = put(api, "bad", {"target": target}, status=400)
     assert any(field_error in message for message in answer["fields"]["target"]), answer
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
+def test_broker_targets_take_no_secret_or_headers(api: Client) -> None:
+    body = {
+        "target": "redis://127.0.0.1:6379/0?stream=s",
+        "secret": generate_secret(),
+        "headers": {"Authorization": "Bearer x"},
+    }
+    answer = put(api, "signed-broker", body, status=400)
+    assert set(answer["fields"]) == {"secret", "headers"}
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ import json
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -189,13 +190,12 @@ class Sink(ABC):
             raise SinkError(self._masked(f"{type(error).__name__}: {error}")) from None
 
     def close(self) -> None:
-        """Drop the connection (quietly: it may be broken already)."""
-        if self.connected:
-            self.connected = False
-            try:
-                self._close()
-            except Exception:  # noqa: BLE001 - a broken connection may fail to close
-                pass
+        """Drop the connection (quietly: it may be broken already, or half made)."""
+        self.connected = False
+        try:
+            self._close()
+        except Exception:  # noqa: BLE001 - a broken connection may fail to close
+            pass
 
     def __del__(self) -> None:
         # a thread's sinks go when the thread ends: leave no connection open
@@ -228,15 +228,21 @@ class Sink(ABC):
 
 
 _local = threading.local()
+# Sinks kept per thread, the least recently used closed beyond this (a target replaced by
+# a PUT leaves its sink unused).
+KEPT = 32
 
 
 def for_target(url: str) -> Sink:
     """The sink of a broker target URL (with its credentials) for this thread: connections
     are kept per worker thread and target, and rebuilt after a failure."""
-    sinks: dict[str, Sink] = _local.__dict__.setdefault("sinks", {})
-    sink = sinks.get(url)
+    kept: OrderedDict[str, Sink] = _local.__dict__.setdefault("sinks", OrderedDict())
+    sink = kept.pop(url, None)
     if sink is None:
-        sink = sinks[url] = _module(url).Sink(url)
+        sink = _module(url).Sink(url)
+    kept[url] = sink  # the most recently used last
+    while len(kept) > KEPT:
+        kept.popitem(last=False)[1].close()
     return sink
 
 
