@@ -12,6 +12,7 @@ import argparse
 import datetime
 import importlib
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -20,7 +21,7 @@ import traceback
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-MODULES = ("capture", "writers", "delivery", "pull", "memory")
+MODULES = ("capture", "writers", "delivery", "sinks", "pull", "memory")
 DATABASE = "pubsubpull_bench"
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,9 +86,7 @@ def drop_database(url: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
 
 
-def header(args: argparse.Namespace, server: str, started: datetime.datetime) -> str:
-    from benchmarks import harness
-
+def _command(args: argparse.Namespace) -> str:
     command = "python -m benchmarks"
     if args.quick:
         command += " --quick"
@@ -95,6 +94,28 @@ def header(args: argparse.Namespace, server: str, started: datetime.datetime) ->
         command += " --dry-run"
     if args.only:
         command += " --only " + " ".join(args.only)
+    return command
+
+
+def merge(report: str, sections: list[str], note: str) -> str:
+    """``report`` (a whole BENCHMARKS.md) with ``sections`` in place of those of the same
+    title (new ones added at the end), and ``note`` added to its header."""
+    total = re.search(r"\n+(_Total run time: [^\n]*_)\n*$", report)
+    body = report[: total.start()] if total else report.rstrip()
+    head, *parts = re.split(r"\n+(?=^## )", body, flags=re.MULTILINE)
+    chunks = {part.split("\n", 1)[0]: part.strip() for part in parts}
+    for section in sections:
+        chunks[section.split("\n", 1)[0]] = section.strip()
+    lines = [head.rstrip() + "\n" + note, *chunks.values()]
+    if total:
+        lines.append(total.group(1))
+    return "\n\n".join(lines) + "\n"
+
+
+def header(args: argparse.Namespace, server: str, started: datetime.datetime) -> str:
+    from benchmarks import harness
+
+    command = _command(args)
     mode = "dry run (tiny sizes)" if args.dry_run else ("quick" if args.quick else "full")
     lines = [
         "# Benchmarks",
@@ -152,12 +173,17 @@ def run(args: argparse.Namespace) -> int:
     sections.append(f"_Total run time: {total:.0f} s._")
 
     output = args.output
+    text = "\n\n".join(sections) + "\n"
     if output is None:
         if args.dry_run:
             output = Path(tempfile.mkstemp(prefix="BENCHMARKS-dry-", suffix=".md")[1])
         else:
             output = ROOT / "BENCHMARKS.md"
-    output.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
+            if args.only and output.exists():
+                # a partial run replaces its own sections of the full report, keeps the rest
+                note = f"- Re-run alone, {started:%Y-%m-%d %H:%M} UTC: `{_command(args)}`"
+                text = merge(output.read_text(encoding="utf-8"), sections[1:], note)
+    output.write_text(text, encoding="utf-8")
     print(f"wrote {output} in {total:.0f} s", flush=True)
 
     connections.close_all()

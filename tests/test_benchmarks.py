@@ -19,7 +19,7 @@ pytest.importorskip("pghistory")
 pytest.importorskip("rest_framework")
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("## Capture cost", "## Delivery", "## Pull", "## Memory")
+SECTIONS = ("## Capture cost", "## Delivery", "## Broker sinks", "## Pull", "## Memory")
 
 
 @pytest.mark.slow
