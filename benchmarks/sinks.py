@@ -26,7 +26,15 @@ from functools import partial
 from typing import Any
 
 from benchmarks import harness
-from benchmarks.delivery import BATCH_SIZE, Worker, cleanup, fill, start_delivery, subscribe
+from benchmarks.delivery import (
+    BATCH_SIZE,
+    Worker,
+    cleanup,
+    fill,
+    pause,
+    start_delivery,
+    subscribe,
+)
 
 FULL = 20_000  # changes in the backlog of a full run
 RATIO_GOAL = 0.5  # of the library's own publish loop
@@ -231,7 +239,21 @@ def _drain(broker: Broker, count: int, budget: float) -> float:
     seconds = time.perf_counter() - started
     if held > count:
         raise RuntimeError(f"{broker.name}: {held} messages, expected {count}")
+    _settle(subscription, budget)
     return seconds
+
+
+def _settle(subscription: Any, budget: float) -> None:
+    """Wait (untimed) until the worker recorded the last batch, and pause the subscription:
+    deleting it while an attempt is being recorded would break the attempt's foreign key."""
+    from pubsubpull.models import Subscription
+
+    deadline = time.perf_counter() + budget
+    while Subscription.objects.filter(pk=subscription.pk).exclude(batch_id="").exists():
+        if time.perf_counter() > deadline:
+            raise RuntimeError("the last batch was never recorded")
+        time.sleep(0.01)
+    pause(subscription)
 
 
 def _changes() -> list[str]:
