@@ -12,12 +12,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from io import StringIO
 from typing import Any
 
 import nats
 import pika
 import pytest
 import redis
+from django.core.management import call_command
 from django.test import Client, override_settings
 from nats.aio.client import Client as NATS
 from nats.js.api import StreamConfig
@@ -407,7 +409,7 @@ def test_a_broker_refusing_is_a_failed_attempt_then_delivered(api: Client) -> No
     Customer.objects.create(name="waiting")
     drain(lambda: Delivery.objects.filter(status_code=None).exists())
     failed = Delivery.objects.filter(status_code=None).first()
-    assert failed is not None and "NoStreamResponseError" in failed.error
+    assert failed is not None and f"no JetStream stream takes {subject}.>" in failed.error
     jetstream = JetStream.__new__(JetStream)
     jetstream.stream, jetstream.subject = unique("pubsubpull-test"), subject
     jetstream.run(jetstream._add)
@@ -434,6 +436,9 @@ def test_credentials_are_stored_encrypted_and_never_shown(api: Client) -> None:
     assert PASSWORD not in subscription.broker_target  # encrypted at rest
     for path in ("/pubsubpull/subscriptions/secret-broker/", "/pubsubpull/subscriptions/"):
         assert PASSWORD not in api.get(path).content.decode()
+    status = StringIO()
+    call_command("pubsubpull", "status", stdout=status)
+    assert shown in status.getvalue() and PASSWORD not in status.getvalue()
 
     # RabbitMQ refuses the login: the attempt's error names no password
     Customer.objects.create(name="x")

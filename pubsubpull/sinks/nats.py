@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import nats
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
+from nats.js.errors import NoStreamResponseError
 
 from . import Sink as BaseSink
 from . import change_fields, query
@@ -55,6 +56,10 @@ def parse(url: str) -> Config:
     if parts.path not in ("", "/"):
         raise ValueError(f"a nats target has no path, not {parts.path!r}")
     return Config(urlunsplit((parts.scheme, parts.netloc, "", "", "")), subject)
+
+
+class NoStream(Exception):
+    """JetStream answered that no stream takes the subject (503 no responders)."""
 
 
 async def _ignore(*args: Any) -> None:
@@ -107,7 +112,13 @@ class Sink(BaseSink):
                     headers={"Nats-Msg-Id": position},
                 )
             )
-        await asyncio.gather(*acks)  # raises the first error (no stream, a refused message)
+        try:
+            await asyncio.gather(*acks)  # raises the first error (no stream, a refused message)
+        except NoStreamResponseError:
+            raise NoStream(
+                f"no JetStream stream takes {self.config.subject}.>: create one "
+                f"(nats stream add <name> --subjects '{self.config.subject}.>')"
+            ) from None
 
     def _alive(self) -> bool:
         assert self.client is not None
