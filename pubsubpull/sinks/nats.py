@@ -112,13 +112,16 @@ class Sink(BaseSink):
                     headers={"Nats-Msg-Id": position},
                 )
             )
-        try:
-            await asyncio.gather(*acks)  # raises the first error (no stream, a refused message)
-        except NoStreamResponseError:
+        # every ack awaited (none left unretrieved), then the first error raised
+        answers = await asyncio.gather(*acks, return_exceptions=True)
+        error = next((a for a in answers if isinstance(a, BaseException)), None)
+        if isinstance(error, NoStreamResponseError):
             raise NoStream(
                 f"no JetStream stream takes {self.config.subject}.>: create one "
                 f"(nats stream add <name> --subjects '{self.config.subject}.>')"
-            ) from None
+            )
+        if error is not None:
+            raise error
 
     def _alive(self) -> bool:
         assert self.client is not None
