@@ -292,8 +292,10 @@ def run(quick: bool, dry_run: bool) -> str:
                     bare.append(count / harness.measure(partial(broker.publish, changes)))
                     ours.append(count / _drain(broker, count, budget))
             finally:
-                cleanup()
-                broker.close()
+                try:
+                    cleanup()
+                finally:
+                    broker.close()  # the broker's stream, exchange and queue go in any case
             shares = harness.ratios(ours, bare)
             rows.append(
                 [
