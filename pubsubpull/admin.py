@@ -332,6 +332,9 @@ class SubscriptionForm(forms.ModelForm):  # type: ignore[type-arg]
         cleaned = self.cleaned_data
         owner = cleaned.get("owner") if "owner" in self.fields else self.instance.owner
         sent = {field: cleaned[field] for field in VALIDATED_FIELDS if field in cleaned}
+        if self.instance.broker_target and cleaned.get("target") == self.instance.target:
+            # a broker target as shown (password masked): it stays as stored
+            del sent["target"]
         if "topics" in sent:
             if owner is None:  # no valid owner chosen: its field says so
                 del sent["topics"]
@@ -347,6 +350,8 @@ class SubscriptionForm(forms.ModelForm):  # type: ignore[type-arg]
                     self.add_error(None, [f"{field}: {message}" for message in messages])
                 # else a field not sent: read-only (a receiver's target) or already refused
         else:
+            if "broker_target" in values:  # not a form field: the full URL, encrypted
+                self.instance.broker_target = values.pop("broker_target")
             cleaned.update(values)  # normalised as the API stores them
         if self.instance._state.adding and owner is not None:
             self._check_room(owner)
@@ -541,9 +546,11 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     @admin.action(description="Ping the selected subscriptions' targets now")
     def ping(self, request: HttpRequest, queryset: SubscriptionQuerySet) -> None:
         for subscription in queryset.select_related("owner")[:PING_LIMIT]:
-            if subscription.is_local:
+            try:
+                attempt = delivery.ping(subscription)
+            except delivery.NotPingable as error:
+                self.message_user(request, f"{subscription}: {error}", messages.WARNING)
                 continue
-            attempt = delivery.ping(subscription)
             answer = attempt.status_code or "no answer"
             said = f"{metrics.subscription_label(subscription)}: {answer} in "
             said += f"{attempt.duration.total_seconds():.3f} s"

@@ -27,7 +27,7 @@ from django.utils import timezone
 from django.utils.http import parse_http_date_safe
 from django.utils.module_loading import import_string
 
-from . import conf, metrics, reads, subscription_events, transport, webhooks
+from . import conf, metrics, reads, sinks, subscription_events, transport, webhooks
 from .crypto import decrypt
 from .models import LOCAL_PREFIX, Delivery, Subscription
 from .positions import START, Position
@@ -215,7 +215,7 @@ def body(subscription: Subscription, batch: Batch) -> bytes:
 
 def send(subscription: Subscription, batch: Batch) -> Attempt:
     """Deliver one batch: an HTTP request to the target (PUT; POST of its one change in
-    the standard format), or a call of a local subscriber."""
+    the standard format), a publish to a broker, or a call of a local subscriber."""
     sent = timezone.now()
     started = time.monotonic()
     status: int | None = None
@@ -228,6 +228,10 @@ def send(subscription: Subscription, batch: Batch) -> Attempt:
             receiver = import_string(subscription.target[len(LOCAL_PREFIX) :])
             receiver([json.loads(change) for change in batch.changes])
             status, answered = 200, timezone.now()
+        elif subscription.broker_target:  # redis://, nats://, amqp:// (pubsubpull.sinks)
+            target = decrypt(subscription.broker_target, "broker target")
+            sinks.for_target(target).send(subscription.name, batch.changes)
+            status, answered = 200, timezone.now()  # every change confirmed by the broker
         else:
             data, headers = request(subscription, batch)
             # Connects to the address it checked (no second DNS answer), follows no
@@ -667,13 +671,22 @@ def due_subscriptions(skip: set[int] | frozenset[int] = frozenset()) -> list[int
 PING = webhooks.PING_TOPIC  # the topic of a ping
 
 
+class NotPingable(ValueError):
+    """The subscription has no HTTP target to ping (a local subscriber, a broker)."""
+
+
 def ping(subscription: Subscription) -> Attempt:
     """Send a ``pubsubpull.ping`` event to the target now, as a delivery would (signed,
     its headers, its format), outside the queue: the cursor and the batch in flight are
     untouched and nothing is recorded. Receivers acknowledge it like a batch
     (``ReceiverView`` does without calling ``handle``)."""
     if subscription.is_local:
-        raise ValueError("local subscribers run in the worker: there is no target to ping")
+        raise NotPingable("local subscribers run in the worker: there is no target to ping")
+    if subscription.broker_target:
+        raise NotPingable(
+            "broker targets are not pinged: a ping would be a message in the stream that "
+            "every consumer reads"
+        )
     now = timezone.now()
     cursor = Position.parse(subscription.cursor)
     change = {

@@ -201,7 +201,9 @@ class SubscriptionQuerySet(models.QuerySet["Subscription"]):
 class Subscription(models.Model):
     """A subscriber's standing request for changes, delivered by background jobs.
 
-    ``target`` is an https URL (HTTP PUT of batches) or ``python:<dotted.path>``
+    ``target`` is an https URL (HTTP PUT of batches), a broker URL (``redis://``,
+    ``nats://``, ``amqp://``: :mod:`pubsubpull.sinks`; stored in full, encrypted, in
+    ``broker_target``, shown with its password masked) or ``python:<dotted.path>``
     (:data:`LOCAL_PREFIX`) for a local subscriber registered with :func:`pubsubpull.on`.
 
     Change its delivery state with the methods of ``Subscription.objects``
@@ -233,7 +235,13 @@ class Subscription(models.Model):
     )
     name = models.SlugField(max_length=100)
     target = models.CharField(
-        max_length=2000, help_text=f"https URL, or {LOCAL_PREFIX}<dotted.path>"
+        max_length=2000,
+        help_text=f"https URL, a broker URL (password masked), or {LOCAL_PREFIX}<dotted.path>",
+    )
+    # A broker target (redis://, nats://, amqp://: pubsubpull.sinks) in full, with its
+    # credentials, encrypted; ``target`` shows it with the password masked.
+    broker_target = models.TextField(
+        blank=True, default="", editable=False, help_text="encrypted broker URL"
     )
     topics = models.JSONField(default=list, blank=True, help_text="topic patterns; [] is all")
     filter = models.TextField(blank=True, default="", help_text="SQL/JSON path on the change")

@@ -28,9 +28,13 @@ FORMAT = {"type": "string", "enum": list(Subscription.Format.values)}
 # What pubsubpull.subscriptions accepts as a header name and value.
 HEADER_NAME = f"^{subscriptions.HEADER_NAME.pattern}$"
 HEADER_VALUE = f"^{subscriptions.HEADER_VALUE.pattern}$"
-# What pubsubpull.ssrf checks before looking at the host: an http(s) URL of printable
-# ASCII without backslash or fragment. Whether the host may be sent to is not syntax.
-TARGET = r'^[Hh][Tt][Tt][Pp][Ss]?://[!"$-\[\]-~]+$'
+# What pubsubpull.ssrf checks before looking at the host: an http(s) URL, or a broker's
+# (pubsubpull.sinks: redis(s), nats, amqp(s)), of printable ASCII without backslash or
+# fragment. Whether the host may be sent to is not syntax.
+TARGET = (
+    r"^([Hh][Tt][Tt][Pp][Ss]?|[Rr][Ee][Dd][Ii][Ss][Ss]?|[Nn][Aa][Tt][Ss]|[Aa][Mm][Qq][Pp][Ss]?)"
+    r'://[!"$-\[\]-~]+$'
+)
 TIME = {"type": "string", "format": "date-time"}
 NULLABLE_TIME = {**TIME, "type": ["string", "null"]}
 
@@ -272,7 +276,7 @@ def _paths() -> dict[str, Any]:
                             },
                         },
                     ),
-                    **_errors("401"),
+                    **_errors("400", "401"),
                     **_named("403", "CsrfFailed"),
                     **_named("404", "NoSubscription"),
                 },
@@ -440,8 +444,16 @@ SCHEMAS: dict[str, Any] = {
                 "description": "Where to PUT batches: an https URL whose host resolves only to "
                 "public addresses, or a URL under a prefix in `PUBSUBPULL['ALLOWED_TARGETS']`. "
                 "Private, loopback, link-local and metadata addresses are refused; redirects "
-                "are not followed.",
-                "examples": ["https://hooks.example.com/pubsubpull"],
+                "are not followed. Or a broker (the same address rules; without a prefix only "
+                "`rediss://` and `amqps://`): `redis://[user:pass@]host:port/<db>?stream=<name>"
+                "[&maxlen=N]` (XADD per change), `nats://[user:pass@]host:port?subject=<prefix>` "
+                "(JetStream, `<prefix>.<topic>`), `amqp://user:pass@host:port/<vhost>?exchange="
+                "<name>` (topic exchange); its credentials are stored encrypted and shown "
+                "masked. `secret` and `headers` are for webhooks only.",
+                "examples": [
+                    "https://hooks.example.com/pubsubpull",
+                    "rediss://:password@redis.example.com:6379/0?stream=changes",
+                ],
             },
             "topics": {
                 "type": "array",
@@ -535,7 +547,10 @@ SCHEMAS: dict[str, Any] = {
         "not": {"required": ["secret"]},
         "properties": {
             "name": {"type": "string", "pattern": NAME},
-            "target": {"type": "string", "description": "As normalised when saved"},
+            "target": {
+                "type": "string",
+                "description": "As normalised when saved; a broker URL's password shown as ***",
+            },
             "topics": {"type": "array", "items": {"type": "string"}},
             "filter": {"type": ["string", "null"]},
             "batch_size": {"type": "integer", **BATCH_SIZE},

@@ -2,10 +2,13 @@
 
 A target is accepted when it starts with a prefix in ``PUBSUBPULL["ALLOWED_TARGETS"]``
 (compared on the parsed URL, so ``http://127.0.0.1:80@evil.com/`` does not pass as
-``http://127.0.0.1:``), or when it is https and every address its host resolves to is
-public. Private, loopback, link-local (cloud metadata), multicast, reserved, unspecified,
-shared (carrier-grade NAT), site-local and unique-local addresses are refused, also when
-wrapped in IPv6 (IPv4-mapped, 6to4, NAT64). Paths with ``.`` or ``..`` segments (also
+``http://127.0.0.1:``), or when it is encrypted (https, or a broker's TLS scheme: rediss,
+amqps) and every address its host resolves to is public. Broker URLs (:data:`BROKER_PORTS`:
+``redis://``, ``nats://``, ``amqp://`` and their TLS forms) are checked by host and port as
+http ones; their credentials are taken off before the check (``pubsubpull.sinks``).
+Private, loopback, link-local (cloud metadata), multicast, reserved, unspecified, shared
+(carrier-grade NAT), site-local and unique-local addresses are refused, also when wrapped
+in IPv6 (IPv4-mapped, 6to4, NAT64). Paths with ``.`` or ``..`` segments (also
 percent-encoded, such as ``%2e%2e``) or an encoded ``/`` or ``\\`` (``%2f``, ``%5c``) are
 refused: a receiver that decodes them could serve a path outside an allowed prefix.
 
@@ -28,6 +31,7 @@ from urllib.parse import unquote, urlsplit
 from pubsubpull import conf
 
 __all__ = [
+    "BROKER_PORTS",
     "MAX_LENGTH",
     "Destination",
     "TargetNotAllowed",
@@ -46,7 +50,12 @@ _WHAT_TO_DO = (
     "targets must be https to a public address, "
     "or start with a prefix in PUBSUBPULL['ALLOWED_TARGETS']"
 )
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+#: Broker schemes a subscription may target (``pubsubpull.sinks``), with their default ports.
+BROKER_PORTS = {"redis": 6379, "rediss": 6379, "nats": 4222, "amqp": 5672, "amqps": 5671}
+_DEFAULT_PORTS = {"http": 80, "https": 443, **BROKER_PORTS}
+# Schemes whose traffic is encrypted: the only ones allowed to public addresses without a
+# prefix in ALLOWED_TARGETS, as https is for webhooks.
+_ENCRYPTED = ("https", "rediss", "amqps")
 _SHARED = ipaddress.IPv4Network("100.64.0.0/10")
 _THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
 _METADATA = ipaddress.IPv4Address("169.254.169.254")
@@ -106,7 +115,7 @@ class Destination:
     """A target checked at delivery time, and the addresses a connection to it may use."""
 
     url: str  # normalised, as check_target returns it
-    scheme: str  # "http" or "https"
+    scheme: str  # "http", "https" or a broker scheme (BROKER_PORTS)
     host: str  # host name or IP address, without brackets: TLS server name and Host header
     port: int  # the URL's port, or the scheme's default
     authority: str  # host[:port] as the URL writes it: the Host header
@@ -189,9 +198,11 @@ def _parse(url: str) -> _Target:
             f"target is {len(url)} characters long: use a URL of at most {MAX_LENGTH}"
         )
     match = _SCHEME.match(url)
-    if match is None or match.group(1).lower() not in ("http", "https"):
+    if match is None or match.group(1).lower() not in _DEFAULT_PORTS:
         raise TargetNotAllowed(
-            f"{url[:100]!r} is not an absolute http(s) URL: give one like https://hooks.example.com/"
+            f"{url[:100]!r} is not an absolute http(s) URL: give one like "
+            "https://hooks.example.com/ (or a broker URL: redis://, rediss://, nats://, amqp://, "
+            "amqps://)"
         )
     bad = next((c for c in url if not "!" <= c <= "~" or c == "\\"), None)
     if bad is not None:
@@ -218,7 +229,8 @@ def _parse(url: str) -> _Target:
     _check_host_syntax(url, host, bracketed=parts.netloc.startswith("["))
     if port == 0:
         raise TargetNotAllowed(f"{url} has port 0: give a port from 1 to 65535")
-    _check_path(url, parts.path)
+    if scheme not in BROKER_PORTS:  # a broker's path is a database or vhost, not served
+        _check_path(url, parts.path)
     rest = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return _Target(scheme=scheme, host=host, port=port, rest=rest)
 
@@ -293,10 +305,17 @@ def _check_public(target: _Target, resolve: bool) -> list[IPAddress]:
 
     Without ``resolve`` a host name is checked for syntax only and no address is returned.
     """
-    if target.scheme != "https":
+    if target.scheme == "nats":
         raise TargetNotAllowed(
-            f"{target.url} is not https and not under a prefix in "
-            "PUBSUBPULL['ALLOWED_TARGETS']: use https to a public address, "
+            f"{target.url} is not under a prefix in PUBSUBPULL['ALLOWED_TARGETS']: pubsubpull "
+            "connects to NATS without TLS, so add a prefix covering the server to "
+            "PUBSUBPULL['ALLOWED_TARGETS']"
+        )
+    if target.scheme not in _ENCRYPTED:
+        encrypted = {"redis": "rediss", "amqp": "amqps"}.get(target.scheme, "https")
+        raise TargetNotAllowed(
+            f"{target.url} is not {encrypted} and not under a prefix in "
+            f"PUBSUBPULL['ALLOWED_TARGETS']: use {encrypted} to a public address, "
             "or add a prefix covering it to PUBSUBPULL['ALLOWED_TARGETS']"
         )
     literal = _ip_literal(target.host)
@@ -406,8 +425,11 @@ def _prefixes(allowed: Sequence[str] | None) -> list[_Prefix]:
 def _parse_prefix(prefix: str) -> _Prefix:
     """Parse an ``ALLOWED_TARGETS`` entry; its host part must be complete."""
     scheme, separator, after = prefix.partition("://")
-    if not separator or scheme.lower() not in ("http", "https"):
-        raise TargetNotAllowed("it must start with http:// or https://")
+    if not separator or scheme.lower() not in _DEFAULT_PORTS:
+        raise TargetNotAllowed(
+            "it must start with http:// or https:// (or a broker scheme: "
+            f"{', '.join(f'{name}://' for name in BROKER_PORTS)})"
+        )
     cut = min((i for i in (after.find(c) for c in "/?#") if i >= 0), default=len(after))
     authority, rest = after[:cut], after[cut:]
     if "@" in authority or "#" in rest:

@@ -10,7 +10,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from . import conf, events, reads, registry, ssrf, topics, webhooks
+from . import conf, events, reads, registry, sinks, ssrf, topics, webhooks
 from .crypto import SecretUnreadable, decrypt, encrypt
 from .delivery import pending, pending_count
 from .models import DEFAULT_BATCH_SIZE, Change, Subscription
@@ -103,8 +103,10 @@ def validate(owner: Any, data: Any) -> dict[str, Any]:
     for unknown in sorted(set(data) - FIELDS):
         errors[unknown] = [f"unknown field; fields are {', '.join(sorted(FIELDS))}"]
     if "target" not in data:
-        errors["target"] = ["required: the https URL to PUT batches to"]
+        errors["target"] = ["required: the https URL to PUT batches to, or a broker URL"]
     check("target", _target)
+    if "target" in values:  # the full URL of a broker target goes encrypted in its own field
+        values["target"], values["broker_target"] = values["target"]
     check("topics", lambda value: _topics(owner, value))
     check("filter", _filter)
     check("batch_size", _batch_size)
@@ -115,15 +117,26 @@ def validate(owner: Any, data: Any) -> dict[str, Any]:
     check("secret", _secret)
     check("status", _status)
     check("cursor", _cursor)
+    if values.get("broker_target"):
+        for field in ("secret", "headers"):
+            if values.get(field):
+                errors.setdefault(field, []).append(
+                    "not for a broker target: webhook deliveries only (a broker authenticates "
+                    "pubsubpull by the credentials in the target URL)"
+                )
     if errors:
         raise Invalid(errors)
     return values
 
 
-def _target(value: Any) -> str:
+def _target(value: Any) -> tuple[str, str]:
+    """The target as shown and, for a broker target, its full URL encrypted (else "")."""
     if not isinstance(value, str):
         raise TypeError("must be a URL string")
-    return ssrf.check_target(value)
+    if sinks.is_broker(value):
+        broker = sinks.validate(value)  # ValueError: SSRF guard, missing extra, parameters
+        return broker.shown, encrypt(broker.url)
+    return ssrf.check_target(value), ""
 
 
 def _topics(owner: Any, value: Any) -> list[str]:

@@ -336,7 +336,10 @@ def ping(request: HttpRequest, name: str) -> HttpResponse:
     )
     if existing is None:
         raise ApiError(404, "not_found", f"you have no subscription named {name!r}")
-    attempt = delivery.ping(existing)
+    try:
+        attempt = delivery.ping(existing)
+    except delivery.NotPingable as error:
+        raise ApiError(400, "not_pingable", str(error)) from None
     return JsonResponse(
         {
             "status_code": attempt.status_code,

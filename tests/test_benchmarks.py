@@ -19,7 +19,14 @@ pytest.importorskip("pghistory")
 pytest.importorskip("rest_framework")
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("## Capture cost", "## Delivery", "## Pull", "## Memory", "## Admin")
+SECTIONS = (
+    "## Capture cost",
+    "## Delivery",
+    "## Broker sinks",
+    "## Pull",
+    "## Memory",
+    "## Admin",
+)
 
 
 @pytest.mark.slow

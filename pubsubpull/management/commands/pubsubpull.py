@@ -325,7 +325,10 @@ class Command(BaseCommand):
     def handle_ping(self, owner: str, name: str, **options: Any) -> None:
         from pubsubpull import delivery
 
-        attempt = delivery.ping(self._subscription(owner, name))
+        try:
+            attempt = delivery.ping(self._subscription(owner, name))
+        except delivery.NotPingable as error:
+            raise CommandError(str(error)) from None
         line = f"{attempt.status_code or 'no answer'} in {attempt.duration.total_seconds():.3f} s"
         if not attempt.ok:
             raise CommandError(f"ping failed: {line}: {attempt.error}", returncode=1)
