@@ -27,6 +27,9 @@ FROZEN = {
     "0006_drop_wake_dispatcher.sql": (
         "480103d929f1b4b904b5c0fdf4f9bdd6a38ef2fb192e56f2e919f6083668056e"
     ),
+    "0013_change_created_brin.sql": (
+        "2669428ac3e5966b86fd573465eece47ef4618088abf34f5dc8ca7bd248a48d1"
+    ),
 }
 
 
