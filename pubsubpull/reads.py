@@ -274,14 +274,28 @@ class TooManyWaiting(Exception):
         self.page = page
 
 
-# Long polls waiting in this process, and a bound on their reads: a long poll holds no
-# database connection between its reads (Django's is closed, and opened again by the next
-# query), and at most CONCURRENT_READS of them read at a time, so 200 long polls woken by
-# one commit do not open 200 sessions at once.
+# Long polls waiting in this process, and a bound on their database work: a long poll
+# holds no database connection between its reads (Django's is closed, and opened again by
+# the next query), and at most CONCURRENT_READS of them use one at a time (to
+# authenticate, to look up permissions, to read), so 200 long polls woken by one commit,
+# which all come back at once, do not open 200 sessions at once.
 CONCURRENT_READS = 4
 _waiting = 0
 _waiting_lock = threading.Lock()
 _reads = threading.BoundedSemaphore(CONCURRENT_READS)
+
+
+@contextmanager
+def rationed(using: str = "default") -> Iterator[None]:
+    """Run a long poll's database work as one of ``CONCURRENT_READS`` at a time in this
+    process, with no connection held before or after it."""
+    connection = connections[using]
+    _release(connection)  # nothing held while queued
+    with _reads:
+        try:
+            yield
+        finally:
+            _release(connection)
 
 
 def wait_for_changes(
@@ -303,14 +317,10 @@ def wait_for_changes(
     """
     if wait <= 0:
         return changes_page(models, after, patterns, limit, using, events=events)
-    connection = connections[using]
 
     def read() -> ChangesPage:
-        _release(connection)  # nothing held while queued for a read, nor after it
-        with _reads:
-            page = changes_page(models, after, patterns, limit, using, events=events)
-            _release(connection)
-        return page
+        with rationed(using):
+            return changes_page(models, after, patterns, limit, using, events=events)
 
     page = read()
     if page.results:

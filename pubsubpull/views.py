@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -71,7 +72,8 @@ def api(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
 
     def answer(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         try:
-            user = authenticate(request)
+            with reads.rationed() if _long_poll(request) else contextlib.nullcontext():
+                user = authenticate(request)
             if (
                 user is not None
                 and request.method not in ("GET", "HEAD", "OPTIONS")
@@ -120,6 +122,12 @@ def api(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
         return response
 
     return wrapper
+
+
+def _long_poll(request: HttpRequest) -> bool:
+    """A request that may wait (``?wait=``): its database work is rationed (see
+    :func:`reads.rationed`) from authentication on."""
+    return request.GET.get("wait", "") not in ("", "0")
 
 
 def json_page(results: list[str], **fields: Any) -> HttpResponse:
@@ -233,7 +241,8 @@ def changes(request: HttpRequest) -> HttpResponse:
     except topics.InvalidPattern as error:
         raise bad_parameter("topics", str(error)) from None
     wait = _wait(request)
-    models, events = reads.scope(request.api_user)  # type: ignore[attr-defined]
+    with reads.rationed() if wait > 0 else contextlib.nullcontext():
+        models, events = reads.scope(request.api_user)  # type: ignore[attr-defined]
     busy = False
     try:
         page = reads.wait_for_changes(models, after, patterns, limit, wait, events=events)
