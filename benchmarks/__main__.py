@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-MODULES = ("capture", "writers", "delivery", "sinks", "pull", "memory", "admin")
+MODULES = ("capture", "writers", "delivery", "fanout", "sinks", "pull", "memory", "admin")
 DATABASE = "pubsubpull_bench"
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,8 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -32,6 +33,10 @@ from .crypto import decrypt
 from .models import LOCAL_PREFIX, Delivery, Subscription
 from .positions import START, Position
 from .sql import load
+
+#: Threads that send batches while the delivery job's thread reads the next page: HTTP
+#: and broker sends touch no database. Each keeps its HTTP session and broker connections.
+SENDERS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="pubsubpull-send")
 
 # First key of pubsubpull's advisory locks ("pspb"); the second is a subscription id
 # (an int4: ids past 2**31 would need the one-bigint form of the lock functions).
@@ -93,14 +98,17 @@ def _selection(
 
 
 def pending(
-    subscription: Subscription, limit: int, until: Position | None = None
+    subscription: Subscription,
+    limit: int,
+    until: Position | None = None,
+    after: Position | None = None,
 ) -> reads.ChangesPage:
-    """Up to ``limit`` visible changes after the subscription's cursor that it selects,
-    as it sends them (``payload``)."""
-    labels, after, patterns, events = _selection(subscription)
+    """Up to ``limit`` visible changes after the subscription's cursor (or ``after``) that
+    it selects, as it sends them (``payload``)."""
+    labels, cursor, patterns, events = _selection(subscription)
     return reads.changes_page(
         labels,
-        after,
+        cursor if after is None else after,
         patterns,
         limit,
         events=events,
@@ -152,14 +160,35 @@ def next_batch(subscription: Subscription) -> Batch | None:
         if page.scanned_to is not None:
             return Batch("", [], after, cursor)
         return None
-    count = fitting(subscription, page.results)
-    batch = Batch(
-        uuid.uuid4().hex, page.results[:count], page.positions[0], page.positions[count - 1]
-    )
+    batch = _new_batch(subscription, page)
     Subscription.objects.filter(pk=subscription.pk).update(
         batch_id=batch.id, batch_end=str(batch.last)
     )
     return batch
+
+
+def _new_batch(subscription: Subscription, page: reads.ChangesPage) -> Batch:
+    """A new batch (a new ``webhook-id``) of what fits of a page with results."""
+    count = fitting(subscription, page.results)
+    return Batch(
+        uuid.uuid4().hex, page.results[:count], page.positions[0], page.positions[count - 1]
+    )
+
+
+def read_ahead(subscription: Subscription, after: Position) -> Batch | None:
+    """The batch that follows the one ending at ``after``, read while that one is sent
+    and not yet in flight (:func:`record` marks it when it records the 2xx of the one
+    before). None when no change is ready there (caught up, a stretch the filter skips,
+    a failed read): the next turn reads from the cursor as usual.
+
+    A change below the horizon never moves, so this page is what a read from the
+    cursor would give once the cursor is at ``after``.
+    """
+    try:
+        page = pending(subscription, subscription.batch_size, after=after)
+    except reads.QueryFailed:
+        return None
+    return _new_batch(subscription, page) if page.results else None
 
 
 def max_bytes(subscription: Subscription) -> int:
@@ -367,14 +396,20 @@ def retry_delay(failures: int, retry_after: float | None = None) -> timedelta | 
 
 
 def record(
-    subscription: Subscription, batch: Batch, attempt: Attempt, part_of: Batch | None = None
+    subscription: Subscription,
+    batch: Batch,
+    attempt: Attempt,
+    part_of: Batch | None = None,
+    then: Batch | None = None,
 ) -> datetime | None:
     """Store the attempt; on a 2xx advance the cursor in the same transaction.
 
     ``part_of``: the batch in flight, when ``batch`` is one change of it (the standard
     format): a 2xx moves the cursor past that change and keeps the batch in flight until
-    its last change. Returns when to deliver again: now after a success (more may wait),
-    the retry time after a failure, None when the subscription stopped.
+    its last change. ``then``: the batch read ahead (:func:`read_ahead`), put in flight
+    by the same commit as a 2xx of ``batch`` (one commit per batch, not two). Returns
+    when to deliver again: now after a success (more may wait), the retry time after a
+    failure, None when the subscription stopped.
     """
     flight = part_of or batch
     now = timezone.now()
@@ -403,7 +438,7 @@ def record(
                 _recovered(subscription)
             return now
         if attempt.ok:
-            if in_flight.delivered(flight.last, now):
+            if in_flight.delivered(flight.last, now, then=then):
                 _recovered(subscription)
             return now
         return _fail(in_flight, subscription, attempt, now)
@@ -478,6 +513,10 @@ def _fail(
 def _recovered(subscription: Subscription) -> None:
     """After a delivered batch: if the subscription was failing or disabled, it is no
     longer down, and operators are told. In a transaction."""
+    if subscription.down_since is None:
+        # set only by a failed attempt of this subscription's sender, which holds the
+        # claim: as loaded, the row is not down (no query per delivered batch)
+        return
     if Subscription.objects.filter(pk=subscription.pk, down_since__isnull=False).update(
         down_since=None
     ):
@@ -537,13 +576,29 @@ def record_read_failure(subscription: Subscription, error: reads.QueryFailed) ->
         return _fail(in_flight, subscription, attempt, timezone.now())
 
 
-def deliver(subscription_id: int) -> datetime | None:
-    """Send the next batch of one subscription; returns when to call again (or None)."""
+def _ready(subscription_id: int) -> Subscription | datetime | None:
+    """The subscription if it may be sent to now, else when to call again (or None)."""
     subscription = Subscription.objects.select_related("owner").filter(pk=subscription_id).first()
     if subscription is None or subscription.status != Subscription.Status.ACTIVE:
         return None
     if subscription.next_attempt and subscription.next_attempt > timezone.now():
         return subscription.next_attempt
+    return subscription
+
+
+def deliver(subscription_id: int, more: Callable[[], bool] | None = None) -> datetime | None:
+    """Send the next batch of one subscription; returns when to call again (or None).
+
+    While ``more()`` says so, go on with the batches after it, pipelined: the next page
+    is read while a batch is sent (the send runs in a thread of :data:`SENDERS`), and it
+    goes in flight in the commit that records the 2xx of the one before. Still one batch
+    in flight, and the cursor moves only on a 2xx. Local subscribers and the standard
+    format are sent one call at a time.
+    """
+    ready = _ready(subscription_id)
+    if not isinstance(ready, Subscription):
+        return ready
+    subscription = ready
     try:
         batch = next_batch(subscription)
     except reads.QueryFailed as error:
@@ -554,7 +609,26 @@ def deliver(subscription_id: int) -> datetime | None:
         return timezone.now()  # the filter skipped a stretch of changes: read on
     if is_standard(subscription):
         return deliver_each(subscription, batch)
-    return record(subscription, batch, send(subscription, batch))
+    if subscription.is_local:  # its code may use the database: in this thread
+        return record(subscription, batch, send(subscription, batch))
+    while True:
+        sending = SENDERS.submit(send, subscription, batch)
+        upcoming: Batch | None = None
+        try:
+            if more is not None and more():
+                upcoming = read_ahead(subscription, batch.last)
+        finally:
+            attempt = sending.result()  # never leave a send behind, even on an error here
+        when = record(subscription, batch, attempt, then=upcoming)
+        if upcoming is None or not attempt.ok:
+            return when
+        ready = _ready(subscription_id)
+        if not isinstance(ready, Subscription):
+            return ready
+        subscription = ready
+        if subscription.batch_id != upcoming.id:
+            return timezone.now()  # replayed, replaced or reset meanwhile: read afresh
+        batch = upcoming
 
 
 def message_id(batch: Batch, change: str) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -15,6 +15,9 @@ from django.db.models.functions import Now
 
 from .fields import TransactionIdField
 from .positions import InvalidPosition, Position
+
+if TYPE_CHECKING:
+    from .delivery import Batch
 
 
 def validate_position(value: str) -> None:
@@ -190,10 +193,12 @@ class SubscriptionQuerySet(models.QuerySet["Subscription"]):
         are cleared; the rest of the batch stays in flight."""
         return self.update(cursor=str(position), last_delivered=at, **_NO_FAILURES)
 
-    def delivered(self, position: Position, at: datetime) -> int:
+    def delivered(self, position: Position, at: datetime, then: Batch | None = None) -> int:
         """A batch up to ``position`` was delivered ``at``: the cursor moves there, the
-        batch in flight and the failures are cleared."""
-        return self.update(cursor=str(position), last_delivered=at, **_NO_BATCH, **_NO_FAILURES)
+        failures are cleared, and the batch in flight is cleared, or is ``then`` (a
+        batch read ahead)."""
+        flight = _NO_BATCH if then is None else {"batch_id": then.id, "batch_end": str(then.last)}
+        return self.update(cursor=str(position), last_delivered=at, **flight, **_NO_FAILURES)
 
 
 class Subscription(models.Model):

@@ -24,13 +24,14 @@ from procrastinate import exceptions
 from procrastinate.contrib.django import app
 from procrastinate.jobs import Status
 
-from . import conf, delivery, local_subscribers, prune
+from . import conf, delivery, fanout, local_subscribers, prune
 from .sql import load
 
 QUEUE = "pubsubpull"
 DISPATCH = "pubsubpull.dispatch"
 DELIVER = "pubsubpull.deliver"
 JOB_SECONDS = 1.0  # how long one delivery job keeps sending batches
+GIVE_WAY_CHECK = 0.05  # seconds between two looks for other jobs waiting, within a job
 DATABASE_RETRY = timedelta(seconds=1)  # a delivery interrupted by a database error
 STALLED_AFTER = 30.0  # seconds without a worker heartbeat (Procrastinate beats every 10 s)
 
@@ -77,17 +78,29 @@ def deliver(subscription_id: int) -> None:
     # CONN_MAX_AGE keeps it) is paid once per turn, not per batch. The claim stays held:
     # still one batch in flight.
     deadline = time.monotonic() + JOB_SECONDS
+    looked = 0.0
+
+    def more() -> bool:
+        # Give way to other jobs waiting (queued again below, behind them), looked up at
+        # most every GIVE_WAY_CHECK seconds rather than a query per batch.
+        nonlocal looked
+        now = time.monotonic()
+        if now >= deadline:
+            return False
+        if now - looked < GIVE_WAY_CHECK:
+            return True
+        looked = now
+        return not _others_waiting()
+
     again: datetime | None = None
     try:
         with delivery.claimed(subscription_id) as claimed:
             if not claimed:
                 return  # another job sends it, and looks for more work before letting go
             while True:
-                again = delivery.deliver(subscription_id)
-                if again is None or again > timezone.now() or time.monotonic() > deadline:
+                again = delivery.deliver(subscription_id, more)
+                if again is None or again > timezone.now() or not more():
                     break
-                if _others_waiting():
-                    break  # give way: queued again below, behind them (round robin)
         if again is None and delivery.has_work(subscription_id):
             # Changes came while we held the claim, and their wake-up found it taken.
             again = timezone.now()
@@ -137,13 +150,23 @@ def _defer_or_leave_to_sweep(subscription_id: int, at: datetime) -> None:
 @app.periodic(cron=_cron(conf.settings.SWEEP_INTERVAL), periodic_id="sweep")
 @app.task(name=DISPATCH, queue=QUEUE, queueing_lock=DISPATCH)
 def dispatch(timestamp: int | None = None) -> None:
-    """Queue the delivery of every subscription with visible changes waiting."""
+    """Queue the delivery of the subscriptions with visible changes waiting: after a
+    wake-up, those whose topics match the newly visible changes (:mod:`fanout`); in the
+    periodic sweep (``timestamp`` given) and a process's first dispatch, every one."""
     try:
         local_subscribers.sync()
-        for subscription_id in delivery.due_subscriptions(skip=_waiting_deliveries()):
+        concerned = fanout.concerned() if timestamp is None else None
+        if concerned is None:
+            due = delivery.due_subscriptions(skip=_waiting_deliveries())
+        else:
+            busy = delivery.claimed_subscriptions() | _waiting_deliveries() if concerned else set()
+            due = [subscription_id for subscription_id in concerned if subscription_id not in busy]
+        for subscription_id in due:
             defer_delivery(subscription_id)
     except (OperationalError, InterfaceError) as error:
-        # The database went away: the watcher queues a dispatch when it reconnects.
+        # The database went away: the watcher queues a dispatch when it reconnects, which
+        # then looks at every subscription (what this one found may not be queued).
+        fanout.forget()
         logger.warning("pubsubpull dispatch met a database error: %s", error)
 
 

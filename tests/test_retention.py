@@ -106,13 +106,16 @@ def test_the_periodic_job_in_a_worker_also_removes_old_finished_jobs() -> None:
     jobs, those finished longer ago than RETENTION["jobs"] are deleted."""
     from procrastinate.contrib.django.models import ProcrastinateJob
 
+    # The jobs deferred here; a worker that starts at minute 17 of an hour also queues the
+    # periodic one (args {"timestamp": ...}).
+    deferred = ProcrastinateJob.objects.filter(task_name="pubsubpull.retention", args={})
     Customer.objects.create(name="ancient")
     age("pubsubpull_change", "created", 10)
     settings = {"RETENTION": {**KEEP_A_DAY, "jobs": "1d"}}
     with override_settings(PUBSUBPULL=settings):
         retention.defer()
         call_command("procrastinate", "worker", "--one-shot", "--queues", QUEUE)
-        first = ProcrastinateJob.objects.get(task_name="pubsubpull.retention")
+        first = deferred.get()
         assert first.status == "succeeded"
         assert not Change.objects.exists()
         with connection.cursor() as cursor:  # the first run finished two days ago
@@ -122,5 +125,5 @@ def test_the_periodic_job_in_a_worker_also_removes_old_finished_jobs() -> None:
             )
         retention.defer()
         call_command("procrastinate", "worker", "--one-shot", "--queues", QUEUE)
-    jobs = ProcrastinateJob.objects.filter(task_name="pubsubpull.retention")
+    jobs = list(deferred)
     assert [job.status for job in jobs] == ["succeeded"] and jobs[0].id != first.id

@@ -1,0 +1,109 @@
+"""Dispatch after a wake-up: the subscriptions whose topics match the newly visible
+changes, found with the same two queries whatever the number of subscriptions."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from django.contrib.auth.models import User
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from pubsubpull import fanout, tasks
+from pubsubpull.models import Subscription
+from test_project.shop.models import Customer, Order
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_look() -> Iterator[None]:
+    fanout.forget()
+    yield
+    fanout.forget()
+
+
+def subscription(owner: User, name: str, topics: list[str], status: str = "active") -> int:
+    return Subscription.objects.create(
+        owner=owner, name=name, target="https://example.com/hook", topics=topics, status=status
+    ).pk
+
+
+def queued() -> set[int]:
+    return tasks._waiting_deliveries()
+
+
+def forget_jobs() -> None:
+    with connection.cursor() as cursor:  # Procrastinate's tables outlive a test's flush
+        cursor.execute("DELETE FROM procrastinate_jobs")
+
+
+def test_new_changes_concern_the_subscriptions_their_topics_match(owner: User) -> None:
+    customers = subscription(owner, "customers", ["shop.customer.*"])
+    orders = subscription(owner, "orders", ["shop.order.insert"])
+    everything = subscription(owner, "everything", [])
+    billing = subscription(owner, "billing", ["billing.#"])
+    subscription(owner, "paused", ["shop.customer.*"], status="paused")
+
+    assert fanout.concerned() is None  # a first look knows nothing: the caller checks all
+    customer = Customer.objects.create(name="c")
+    assert sorted(fanout.concerned() or []) == sorted([customers, everything])
+    assert fanout.concerned() == []  # nothing new since
+    Order.objects.create(customer=customer, total=1)
+    assert sorted(fanout.concerned() or []) == sorted([orders, everything])
+    Customer.objects.filter(pk=customer.pk).update(name="d")
+    Order.objects.all().delete()
+    assert sorted(fanout.concerned() or []) == sorted([customers, everything])
+    assert billing not in (fanout.concerned() or [])
+
+
+def test_the_cost_does_not_grow_with_the_subscriptions(owner: User) -> None:
+    def queries_for_one_change() -> tuple[int, int]:
+        fanout.concerned()
+        Customer.objects.create(name="c")
+        with CaptureQueriesContext(connection) as queries:
+            found = fanout.concerned() or []
+        return len(queries), len(found)
+
+    subscription(owner, "one", ["shop.customer.*"])
+    few = queries_for_one_change()
+    Subscription.objects.bulk_create(
+        Subscription(
+            owner=owner,
+            name=f"s{n}",
+            target="https://example.com/hook",
+            topics=[["shop.customer.*"], ["shop.order.*"], ["shop.#"]][n % 3],
+        )
+        for n in range(300)
+    )
+    many = queries_for_one_change()
+    assert few == (2, 1)
+    assert many == (2, 1 + 100 + 100)  # still two queries; customer.* and shop.# match
+
+
+def test_a_pattern_no_put_would_accept_matches_everything(owner: User) -> None:
+    broken = subscription(owner, "broken", ["not a pattern!"])
+    fanout.concerned()
+    Order.objects.create(customer=Customer.objects.create(name="c"), total=1)
+    assert fanout.concerned() == [broken]  # its delivery job finds out, not the dispatch
+
+
+def test_a_wake_up_dispatch_queues_only_the_concerned_the_sweep_all_due(owner: User) -> None:
+    forget_jobs()
+    customers = subscription(owner, "customers", ["shop.customer.*"])
+    orders = subscription(owner, "orders", ["shop.order.*"])
+    Customer.objects.create(name="before")
+    Order.objects.create(customer=Customer.objects.create(name="buyer"), total=1)
+    tasks.dispatch()  # this process's first dispatch: every due subscription
+    assert queued() == {customers, orders}
+
+    forget_jobs()
+    Customer.objects.create(name="after")
+    tasks.dispatch()  # a wake-up's: only what the new changes concern
+    assert queued() == {customers}
+
+    forget_jobs()
+    tasks.dispatch(timestamp=int(time.time()))  # the sweep: every due subscription
+    assert queued() == {customers, orders}

@@ -1,0 +1,185 @@
+"""Pipelined delivery: the next page is read while a batch is sent, and goes in flight in
+the commit that records the batch before it. Still one batch in flight, the cursor moved
+only by a 2xx, the same ``webhook-id`` on a retry; a PUT meanwhile stops the pipeline.
+
+The delivery function is called here directly (the worker's job calls it the same way,
+with ``more`` saying whether to go on), against a real loopback receiver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.db import connection
+from django.test import Client, override_settings
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from pubsubpull import delivery
+from pubsubpull.models import Delivery, Subscription
+from pubsubpull.positions import START, Position
+from test_project.shop.models import Customer
+from tests.delivery_helpers import Receiver, put
+
+pytestmark = pytest.mark.django_db(transaction=True)
+SETTINGS = {
+    "ALLOWED_TARGETS": ["http://localhost:", "http://127.0.0.1:"],
+    "RETRY_SCHEDULE": [0.01, 0.02],
+}
+
+
+def always() -> bool:
+    return True
+
+
+class Watching(Receiver):
+    """A receiver that, on each PUT, notes the subscription's batch in flight and runs
+    ``then(n)`` (n: the request's number, from 0) before answering."""
+
+    def __init__(self, then: Callable[[int], None] = lambda n: None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.then = then
+        self.in_flight: list[str] = []
+
+    def __call__(self, request: Request) -> Response:
+        try:
+            subscription = Subscription.objects.get(name="pipe")
+            self.in_flight.append(subscription.batch_id)
+            self.then(len(self.in_flight) - 1)
+        finally:
+            connection.close()  # the server thread's own: the test database is dropped later
+        return super().__call__(request)
+
+
+def subscribe(api: Client, httpserver: HTTPServer, receiver: Receiver) -> Subscription:
+    httpserver.expect_request("/hook", method="PUT").respond_with_handler(receiver)
+    put(
+        api,
+        "pipe",
+        {"target": httpserver.url_for("/hook"), "topics": ["shop.customer.*"], "batch_size": 2},
+        status=201,
+    )
+    return Subscription.objects.get(name="pipe")
+
+
+def names(receiver: Receiver) -> list[str]:
+    return [c["new"]["name"] for c in receiver.changes()]
+
+
+def ids(receiver: Receiver) -> list[str]:
+    return [r.headers["Webhook-Id"] for r in receiver.requests]
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
+def test_one_call_sends_batch_after_batch_each_in_flight_while_sent(
+    api: Client, httpserver: HTTPServer
+) -> None:
+    receiver = Watching()
+    subscription = subscribe(api, httpserver, receiver)
+    for i in range(7):
+        Customer.objects.create(name=f"c{i}")
+
+    assert delivery.deliver(subscription.pk, always) is not None  # now: more may come
+
+    assert names(receiver) == [f"c{i}" for i in range(7)]
+    assert [len(r.changes) for r in receiver.requests] == [2, 2, 2, 1]
+    # each batch was in flight (marked before its PUT) while it was sent, the ones read
+    # ahead by the commit that recorded the batch before them: one batch in flight
+    assert receiver.in_flight == ids(receiver) and len(set(ids(receiver))) == 4
+    subscription.refresh_from_db()
+    assert subscription.batch_id == "" and subscription.batch_end == ""
+    last = Position.parse(receiver.changes()[-1]["id"])
+    assert Position.parse(subscription.cursor) >= last
+    attempts = Delivery.objects.filter(subscription=subscription).order_by("id")
+    assert [(a.batch_id, a.status_code, a.count) for a in attempts] == [
+        (batch_id, 204, len(r.changes))
+        for batch_id, r in zip(ids(receiver), receiver.requests, strict=True)
+    ]
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
+def test_without_more_one_batch_per_call(api: Client, httpserver: HTTPServer) -> None:
+    receiver = Receiver()
+    subscription = subscribe(api, httpserver, receiver)
+    for i in range(5):
+        Customer.objects.create(name=f"c{i}")
+    delivery.deliver(subscription.pk)
+    assert names(receiver) == ["c0", "c1"]
+    delivery.deliver(subscription.pk, lambda: False)
+    assert names(receiver) == ["c0", "c1", "c2", "c3"]
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
+def test_a_failure_leaves_that_batch_in_flight_and_the_one_read_ahead_unsent(
+    api: Client, httpserver: HTTPServer
+) -> None:
+    receiver = Receiver(statuses=[204, 500])
+    subscription = subscribe(api, httpserver, receiver)
+    for i in range(6):
+        Customer.objects.create(name=f"c{i}")
+
+    retry = delivery.deliver(subscription.pk, always)
+
+    assert retry is not None  # the retry time
+    assert [len(r.changes) for r in receiver.requests] == [2, 2]  # stopped at the failure
+    subscription.refresh_from_db()
+    failed = receiver.requests[1]
+    assert subscription.batch_id == failed.headers["Webhook-Id"]  # in flight, to retry
+    assert subscription.failures == 1
+    assert Position.parse(subscription.cursor) == Position.parse(receiver.changes()[1]["id"])
+
+    subscription.next_attempt = None
+    subscription.save(update_fields=["next_attempt"])
+    delivery.deliver(subscription.pk, always)
+    resent = receiver.requests[2]
+    assert resent.headers["Webhook-Id"] == failed.headers["Webhook-Id"]
+    assert resent.body == failed.body  # the same batch, byte for byte
+    assert names(receiver) == ["c0", "c1", "c2", "c3", "c2", "c3", "c4", "c5"]
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
+def test_a_replay_during_a_send_stops_the_pipeline(api: Client, httpserver: HTTPServer) -> None:
+    def replay(n: int) -> None:
+        if n == 0:
+            Subscription.objects.filter(name="pipe").replay(START)
+
+    receiver = Watching(replay)
+    subscription = subscribe(api, httpserver, receiver)
+    for i in range(6):
+        Customer.objects.create(name=f"c{i}")
+
+    delivery.deliver(subscription.pk, always)
+
+    assert names(receiver) == ["c0", "c1"]  # the batch read ahead was not put in flight
+    subscription.refresh_from_db()
+    assert subscription.cursor == str(START) and subscription.batch_id == ""
+    delivery.deliver(subscription.pk, always)
+    assert names(receiver) == ["c0", "c1"] + [f"c{i}" for i in range(6)]  # from the start
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
+def test_a_pause_during_a_send_stops_after_it_and_resume_goes_on_in_order(
+    api: Client, httpserver: HTTPServer, owner: User
+) -> None:
+    def pause(n: int) -> None:
+        if n == 0:
+            Subscription.objects.filter(name="pipe").pause()
+
+    receiver = Watching(pause)
+    subscription = subscribe(api, httpserver, receiver)
+    for i in range(6):
+        Customer.objects.create(name=f"c{i}")
+
+    assert delivery.deliver(subscription.pk, always) is None  # paused: nothing to schedule
+    assert names(receiver) == ["c0", "c1"]
+    subscription.refresh_from_db()
+    in_flight = subscription.batch_id  # the next batch, marked when the first was recorded
+    assert in_flight and in_flight != ids(receiver)[0]
+
+    Subscription.objects.filter(name="pipe").resume()
+    delivery.deliver(subscription.pk, always)
+    assert ids(receiver)[1] == in_flight
+    assert names(receiver) == [f"c{i}" for i in range(6)]
