@@ -66,6 +66,9 @@ class Batch:
     changes: list[str]  # change JSON texts
     first: Position
     last: Position
+    #: More changes were waiting after it when it was read (a full page, or cut by the
+    #: byte cap): worth reading the next page while it is sent.
+    backlog: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,8 @@ def next_batch(subscription: Subscription) -> Batch | None:
         end = Position.parse(subscription.batch_end)
         page = pending(subscription, subscription.batch_size, until=end)
         if page.first is not None:
-            return Batch(subscription.batch_id, page.results, page.first, end)
+            full = len(page.results) >= subscription.batch_size  # more likely wait after it
+            return Batch(subscription.batch_id, page.results, page.first, end, full)
         # nothing left in it (e.g. the owner lost a permission): drop the batch
         Subscription.objects.filter(pk=subscription.pk).drop_batch()
         subscription.drop_batch()
@@ -170,8 +174,13 @@ def next_batch(subscription: Subscription) -> Batch | None:
 def _new_batch(subscription: Subscription, page: reads.ChangesPage) -> Batch:
     """A new batch (a new ``webhook-id``) of what fits of a page with results."""
     count = fitting(subscription, page.results)
+    backlog = count < len(page.results) or len(page.results) >= subscription.batch_size
     return Batch(
-        uuid.uuid4().hex, page.results[:count], page.positions[0], page.positions[count - 1]
+        uuid.uuid4().hex,
+        page.results[:count],
+        page.positions[0],
+        page.positions[count - 1],
+        backlog,
     )
 
 
@@ -589,11 +598,11 @@ def _ready(subscription_id: int) -> Subscription | datetime | None:
 def deliver(subscription_id: int, more: Callable[[], bool] | None = None) -> datetime | None:
     """Send the next batch of one subscription; returns when to call again (or None).
 
-    While ``more()`` says so, go on with the batches after it, pipelined: the next page
-    is read while a batch is sent (the send runs in a thread of :data:`SENDERS`), and it
-    goes in flight in the commit that records the 2xx of the one before. Still one batch
-    in flight, and the cursor moves only on a 2xx. Local subscribers and the standard
-    format are sent one call at a time.
+    While ``more()`` says so and a backlog waits, go on with the batches after it,
+    pipelined: the next page is read while a batch is sent (the send runs in a thread of
+    :data:`SENDERS`), and it goes in flight in the commit that records the 2xx of the one
+    before. Still one batch in flight, and the cursor moves only on a 2xx. Local
+    subscribers and the standard format are sent one call at a time.
     """
     ready = _ready(subscription_id)
     if not isinstance(ready, Subscription):
@@ -612,13 +621,18 @@ def deliver(subscription_id: int, more: Callable[[], bool] | None = None) -> dat
     if subscription.is_local:  # its code may use the database: in this thread
         return record(subscription, batch, send(subscription, batch))
     while True:
-        sending = SENDERS.submit(send, subscription, batch)
+        # Only with a backlog: a caught-up subscription's next page holds the few changes
+        # written meanwhile, and reading it would keep the worker on this subscription
+        # while others wait their turn.
         upcoming: Batch | None = None
-        try:
-            if more is not None and more():
+        if not (batch.backlog and more is not None and more()):
+            attempt = send(subscription, batch)
+        else:
+            sending = SENDERS.submit(send, subscription, batch)
+            try:
                 upcoming = read_ahead(subscription, batch.last)
-        finally:
-            attempt = sending.result()  # never leave a send behind, even on an error here
+            finally:
+                attempt = sending.result()  # never leave a send behind, even on an error
         when = record(subscription, batch, attempt, then=upcoming)
         if upcoming is None or not attempt.ok:
             return when

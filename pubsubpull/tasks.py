@@ -78,19 +78,19 @@ def deliver(subscription_id: int) -> None:
     # CONN_MAX_AGE keeps it) is paid once per turn, not per batch. The claim stays held:
     # still one batch in flight.
     deadline = time.monotonic() + JOB_SECONDS
-    looked = 0.0
+    looked, others = 0.0, False
 
     def more() -> bool:
         # Give way to other jobs waiting (queued again below, behind them), looked up at
-        # most every GIVE_WAY_CHECK seconds rather than a query per batch.
-        nonlocal looked
+        # most every GIVE_WAY_CHECK seconds rather than a query per batch; the answer holds
+        # until the next look.
+        nonlocal looked, others
         now = time.monotonic()
         if now >= deadline:
             return False
-        if now - looked < GIVE_WAY_CHECK:
-            return True
-        looked = now
-        return not _others_waiting()
+        if now - looked >= GIVE_WAY_CHECK:
+            looked, others = now, _others_waiting()
+        return not others
 
     again: datetime | None = None
     try:

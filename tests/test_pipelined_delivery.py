@@ -183,3 +183,32 @@ def test_a_pause_during_a_send_stops_after_it_and_resume_goes_on_in_order(
     delivery.deliver(subscription.pk, always)
     assert ids(receiver)[1] == in_flight
     assert names(receiver) == [f"c{i}" for i in range(6)]
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
+def test_only_a_backlog_is_read_ahead(
+    api: Client, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads_ahead: list[Position] = []
+    read_ahead = delivery.read_ahead
+
+    def spy(subscription: Subscription, after: Position) -> delivery.Batch | None:
+        reads_ahead.append(after)
+        return read_ahead(subscription, after)
+
+    monkeypatch.setattr(delivery, "read_ahead", spy)
+    receiver = Receiver()
+    subscription = subscribe(api, httpserver, receiver)
+    Customer.objects.create(name="c0")
+
+    # a batch short of batch_size was caught up when read: no page is read during its
+    # send, and the job gives other subscriptions their turn before the next one
+    delivery.deliver(subscription.pk, always)
+    assert names(receiver) == ["c0"] and reads_ahead == []
+
+    for i in range(1, 6):
+        Customer.objects.create(name=f"c{i}")
+    delivery.deliver(subscription.pk, always)
+    assert names(receiver) == [f"c{i}" for i in range(6)]
+    # after each full batch (c1 c2, c3 c4); not after the last one (c5)
+    assert len(reads_ahead) == 2
