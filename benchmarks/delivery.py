@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -93,9 +94,10 @@ class _ReceiverState:
         self.receipts: list[tuple[str, str, float]] = []
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as the worker's requests.Session uses it
-    state: _ReceiverState
+class QuietHandler(BaseHTTPRequestHandler):
+    """Keep-alive (as the worker's ``requests.Session`` uses it), no log lines."""
+
+    protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -107,6 +109,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/json")
         self.end_headers()
         self.wfile.write(body)
+
+
+class _Handler(QuietHandler):
+    state: _ReceiverState
 
     def do_PUT(self) -> None:  # /hook/: 204; /dead/: 500; /slow/<seconds>/: 204 that late
         data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -145,28 +151,37 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(204)
 
 
-def serve() -> None:
-    """Run the receiver on a free loopback port (printed on stdout) until terminated."""
-    _Handler.state = _ReceiverState()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+def serve_forever(handler: type[BaseHTTPRequestHandler]) -> None:
+    """Serve ``handler`` on a free loopback port (printed on stdout) until terminated."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     print(server.server_address[1], flush=True)
     server.serve_forever()
+
+
+def serve() -> None:
+    """Run the receiver until terminated (see :func:`serve_forever`)."""
+    _Handler.state = _ReceiverState()
+    serve_forever(_Handler)
+
+
+def start_server(module: str) -> tuple[subprocess.Popen[str], str]:
+    """A process running ``module.serve()``, and its base URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", f"from {module} import serve; serve()"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    return process, f"http://127.0.0.1:{int(process.stdout.readline())}"
 
 
 class Receiver:
     """The loopback webhook receiver process, with its counters over HTTP."""
 
     def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", "from benchmarks.delivery import serve; serve()"],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        port = int(self.process.stdout.readline())
-        self.base = f"http://127.0.0.1:{port}"
+        self.process, self.base = start_server("benchmarks.delivery")
         self.url = self.base + "/hook/"
         self.dead_url = self.base + "/dead/"  # answers 500
         self.control = requests.Session()
@@ -461,6 +476,16 @@ def first_delivery(
     return time.perf_counter() - started
 
 
+def paced(count: int, interval: float) -> Iterator[int]:
+    """0 to ``count`` - 1, the i-th ``i * interval`` seconds after the first."""
+    started = time.perf_counter()
+    for i in range(count):
+        pause = started + i * interval - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+        yield i
+
+
 def latency(receiver: Receiver, duration: float, healthy: list[str]) -> dict[str, Any]:
     """Write a row every 5 ms for ``duration`` s; the commit-to-receipt seconds of each change
     at each of the ``healthy`` subscriptions (all of them in one sorted list)."""
@@ -470,10 +495,7 @@ def latency(receiver: Receiver, duration: float, healthy: list[str]) -> dict[str
     committed: dict[str, float] = {}
     count = int(duration / WRITE_INTERVAL)
     started = time.perf_counter()
-    for i in range(count):
-        pause = started + i * WRITE_INTERVAL - time.perf_counter()
-        if pause > 0:
-            time.sleep(pause)
+    for i in paced(count, WRITE_INTERVAL):
         row = TrackedRow._default_manager.create(**sample(10_000_000 + i))
         committed[str(row.pk)] = time.time()
     elapsed = time.perf_counter() - started

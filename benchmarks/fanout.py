@@ -22,17 +22,22 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import requests
 
 from benchmarks import harness
-from benchmarks.delivery import ROOT, Worker, cleanup, subscriber
+from benchmarks.delivery import (
+    QuietHandler,
+    Worker,
+    cleanup,
+    paced,
+    serve_forever,
+    start_server,
+    subscriber,
+)
 
 TOPIC_SETS = (
     ["benchapp.trackedrow.insert"],
@@ -62,18 +67,8 @@ class _State:
         self.out_of_order = 0  # changes at or before one received earlier by the same one
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(QuietHandler):
     state: _State
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _answer(self, status: int, body: bytes = b"") -> None:
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_PUT(self) -> None:
         data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -125,24 +120,16 @@ def _percentile(histogram: list[int], count: int, p: float) -> float | None:
 
 
 def serve() -> None:
-    """Run the receiver on a free loopback port (printed on stdout) until terminated."""
+    """Run the receiver until terminated (see :func:`delivery.serve_forever`)."""
     _Handler.state = _State()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    print(server.server_address[1], flush=True)
-    server.serve_forever()
+    serve_forever(_Handler)
 
 
 class Receiver:
+    """The receiver process, with its count and latency percentiles over HTTP."""
+
     def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", "from benchmarks.fanout import serve; serve()"],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        self.base = f"http://127.0.0.1:{int(self.process.stdout.readline())}"
+        self.process, self.base = start_server("benchmarks.fanout")
         self.url = self.base + "/hook/"
 
     def __enter__(self) -> Receiver:
@@ -211,11 +198,7 @@ def write(duration: float) -> int:
     from benchmarks.benchapp.models import TrackedRow, sample
 
     count = int(duration / WRITE_INTERVAL)
-    started = time.perf_counter()
-    for i in range(count):
-        pause = started + i * WRITE_INTERVAL - time.perf_counter()
-        if pause > 0:
-            time.sleep(pause)
+    for i in paced(count, WRITE_INTERVAL):
         TrackedRow._default_manager.create(**sample(30_000_000 + i))
     return count
 
