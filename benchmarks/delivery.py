@@ -608,12 +608,13 @@ def percentile(sorted_values: list[float], p: float) -> float:
 def notes() -> str:
     """What bounds the figures above (the same whatever they are)."""
     return (
-        "Notes. One batch is in flight per subscription, so a worker pays per batch, in "
-        "sequence: a Procrastinate job (fetch, finish, the defer of the next one, and a new "
-        "database connection per job when `CONN_MAX_AGE` is 0; here it is "
-        f"{conn_max_age()}), the page read (PostgreSQL builds the change JSON), the PUT (all "
-        "the ceiling pays) and the commits of the bookkeeping (the batch in flight, then the "
-        "`Delivery` row with the cursor). A change written while the subscription is caught "
+        "Notes. One batch is in flight per subscription, so a worker pays per batch: a "
+        "Procrastinate job (fetch, finish, the defer of the next one; the worker keeps its "
+        f"connections for {worker_conn_max_age()} s, `WORKER_CONN_MAX_AGE`, since the "
+        f"project's `CONN_MAX_AGE` is {conn_max_age()}), the page read (PostgreSQL builds "
+        "the change JSON), the PUT (all the ceiling pays) and the commit of the `Delivery` "
+        "row with the cursor; with a backlog, the next page is read while a batch is sent "
+        "and put in flight by that commit. A change written while the subscription is caught "
         f"up reaches the worker by its wake-up watcher (`pubsubpull.wakeups`), {watcher()}; "
         "when the safe horizon moves past new changes it queues `pubsubpull.dispatch`, "
         "which finds the "
@@ -633,6 +634,13 @@ def watcher() -> str:
         "a connection of its own that looks at the log every "
         f"`POLL_INTERVAL` ({interval * 1000:g} ms here)"
     )
+
+
+def worker_conn_max_age() -> int:
+    """``PUBSUBPULL["WORKER_CONN_MAX_AGE"]`` of the workers (their overrides included)."""
+    from pubsubpull import conf
+
+    return int(FAULT_SETTINGS.get("WORKER_CONN_MAX_AGE", conf.settings.WORKER_CONN_MAX_AGE))
 
 
 def conn_max_age() -> str:

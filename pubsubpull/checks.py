@@ -422,6 +422,7 @@ LIMITS: dict[str, tuple[type, float, float]] = {
     "FILTER_TIMEOUT": (float, 0.01, 600),
     "MAX_SUBSCRIPTIONS": (int, 1, 1_000_000),
     "MAX_WAITING": (int, 0, 100_000),
+    "WORKER_CONN_MAX_AGE": (int, 0, 86400),
     # seconds a replaced secret still signs deliveries: 0 (none) to a year
     "SECRET_ROTATION_GRACE": (float, 0, 365 * 86400),
 }

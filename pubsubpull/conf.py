@@ -35,6 +35,9 @@ DEFAULTS: dict[str, Any] = {
     "MAX_BATCH_BYTES": 1_000_000,
     "MAX_WAIT": 30,
     "SWEEP_INTERVAL": 60,
+    # seconds a worker process keeps Django's connection between jobs when the project's
+    # CONN_MAX_AGE is 0 (0: a connection per job)
+    "WORKER_CONN_MAX_AGE": 300,
     # seconds between two looks at the log's tail by each waiting process (wake-ups)
     "POLL_INTERVAL": 0.02,
     "PAGE_SIZE": 100,
@@ -291,6 +294,11 @@ class Settings:
     def MAX_SUBSCRIPTIONS(self) -> int:
         """Subscriptions per owner."""
         return cast(int, get("MAX_SUBSCRIPTIONS"))
+
+    @property
+    def WORKER_CONN_MAX_AGE(self) -> int:
+        """Seconds a worker process keeps a connection between jobs (0: not kept)."""
+        return cast(int, get("WORKER_CONN_MAX_AGE"))
 
     @property
     def MAX_WAITING(self) -> int:

@@ -17,6 +17,7 @@ import standardwebhooks
 from asgiref.sync import async_to_sync
 from django.contrib.auth.models import User
 from django.db import connection, transaction
+from django.db import connections as db_connections
 from django.test import Client, override_settings
 from pytest_httpserver import HTTPServer
 
@@ -265,6 +266,25 @@ def test_a_waiting_worker_is_woken_by_commits(api: Client, httpserver: HTTPServe
     finally:
         worker.terminate()
         assert worker.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize(
+    ("project", "worker", "kept"),
+    [(0, 300, 300), (0, 0, 0), (60, 300, 60), (None, 300, None)],
+)
+def test_a_worker_process_keeps_its_connections_between_jobs(
+    project: int | None, worker: int, kept: int | None
+) -> None:
+    settings = db_connections.settings["default"]
+    before = settings["CONN_MAX_AGE"]
+    settings["CONN_MAX_AGE"] = project
+    try:
+        with override_settings(PUBSUBPULL={"WORKER_CONN_MAX_AGE": worker}):
+            worker_process.keep_connections()
+        assert settings["CONN_MAX_AGE"] == kept  # the project's own choice stays
+        assert db_connections["default"].settings_dict["CONN_MAX_AGE"] == kept  # same dict
+    finally:
+        settings["CONN_MAX_AGE"] = before
 
 
 @pytest.mark.parametrize(
