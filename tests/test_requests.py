@@ -139,7 +139,7 @@ def test_pull_reads_of_a_tracked_table_are_not_taken_for_writes(
         # session, user, page: no metadata on the page, no Request update after it
         response = admin_client.get("/pubsubpull/models/shop.customer/")
         assert response.json()["results"][0]["name"] == "Read"
-    page = queries.captured_queries[-1]["sql"]  # type: ignore[attr-defined]
+    page = queries.captured_queries[-1]["sql"]
     assert page.startswith("--") and "set_config" not in page
     assert not Request.objects.exists()
 
