@@ -381,7 +381,11 @@ class ChangeReader:
     def __init__(self, token: str) -> None:
         from django.test import Client
 
+        from pubsubpull.auth import digest
+        from pubsubpull.models import Token
+
         self.client = Client(headers={**JSON, "Authorization": f"Bearer {token}"})
+        self.user = Token.objects.get(digest=digest(token)).user
 
     def get(self, after: str, topics: str = "", limit: int = CHANGES_PAGE) -> dict[str, Any]:
         params: dict[str, Any] = {"after": after, "limit": limit}
@@ -400,6 +404,26 @@ class ChangeReader:
             harness.measure(lambda: self.get(after, topics)) for _ in range(tries)
         )
 
+    def buffers(self, after: str, topics: str) -> int:
+        """Shared buffers the page query of one read touched (EXPLAIN (ANALYZE, BUFFERS) of
+        the query ``reads.changes_page`` runs for this user): unmoved by noise."""
+        from django.db import connection
+        from django.test.utils import CaptureQueriesContext
+
+        from pubsubpull import reads
+        from pubsubpull import topics as patterns
+        from pubsubpull.positions import Position
+
+        models, events = reads.scope(self.user)
+        with CaptureQueriesContext(connection) as queries:
+            reads.changes_page(
+                models, Position.parse(after), patterns.parse(topics), CHANGES_PAGE, events=events
+            )
+        (page,) = [q["sql"] for q in queries.captured_queries if "pubsubpull_change c" in q["sql"]]
+        ((plan,),) = harness.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + page)
+        top = (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]
+        return int(top["Shared Hit Blocks"] + top["Shared Read Blocks"])
+
     def cursors(self, count: int) -> dict[str, str]:
         """The cursors of the log's start, of its middle change, and of the present."""
         (middle,) = harness.execute(
@@ -411,21 +435,30 @@ class ChangeReader:
 
 def measure_log(
     reader: ChangeReader, count: int, reps: int, tries: int
-) -> dict[str, dict[str, list[float]]]:
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, tuple[int, int]]]:
     """Per read (unfiltered and each filter), per cursor: a page's seconds per repetition;
-    also the caught-up page on a log of ``SMALL_LOG`` changes (``"small"``), and once the
-    filtered pages without migration 0015's indexes (``"<filter> without"``)."""
+    also the caught-up page on a log of ``SMALL_LOG`` changes, before and after the large
+    log (``"small"``), and once the filtered pages without migration 0015's indexes
+    (``"<filter> without"``). And per read, the buffers of the caught-up page query on the
+    large log and on the small one."""
     from pubsubpull.sql import migration_sql
 
     topics_of = {UNFILTERED: "", **FILTERS}
     times: dict[str, dict[str, list[float]]] = {name: {} for name in topics_of}
-    log(SMALL_LOG)
-    caught_up = reader.cursors(SMALL_LOG)["caught up"]
-    for _ in range(reps):
-        for name, topics in topics_of.items():
-            times[name].setdefault("small", []).append(reader.seconds(caught_up, topics, tries))
+
+    def small_log() -> dict[str, int]:
+        log(SMALL_LOG)
+        caught_up = reader.cursors(SMALL_LOG)["caught up"]
+        for _ in range(reps):
+            for name, topics in topics_of.items():
+                seconds = reader.seconds(caught_up, topics, tries)
+                times[name].setdefault("small", []).append(seconds)
+        return {name: reader.buffers(caught_up, topics) for name, topics in topics_of.items()}
+
+    small = small_log()
     log(count)
     cursors = reader.cursors(count)
+    large = {name: reader.buffers(cursors["caught up"], t) for name, t in topics_of.items()}
     for _ in range(reps):
         for cursor in CURSORS:
             for name, topics in topics_of.items():  # interleaved
@@ -441,7 +474,8 @@ def measure_log(
     finally:
         for index in INDEXES:
             harness.execute(migration_sql(index))
-    return times
+    small_log()  # again: the small log's figures bracket the large log's in time
+    return times, {name: (large[name], small[name]) for name in topics_of}
 
 
 # The run -----------------------------------------------------------------------------------
@@ -472,12 +506,12 @@ def run(quick: bool, dry_run: bool) -> str:
     harness.reset_tables(TrackedRow, changes=True)
     reader = ChangeReader(token)
     reader.get("0-0")  # warm up
-    times = measure_log(reader, changes, reps, tries)
+    times, buffers = measure_log(reader, changes, reps, tries)
     harness.reset_tables(changes=True)
     return "\n\n".join(
         [
             report(count, reps, tries, samples, result),
-            log_report(changes, reps, tries, times),
+            log_report(changes, reps, tries, times, buffers),
         ]
     )
 
@@ -569,7 +603,13 @@ def report(count: int, reps: int, tries: int, samples: int, result: dict[str, An
     return "\n".join(lines)
 
 
-def log_report(count: int, reps: int, tries: int, times: dict[str, dict[str, list[float]]]) -> str:
+def log_report(
+    count: int,
+    reps: int,
+    tries: int,
+    times: dict[str, dict[str, list[float]]],
+    buffers: dict[str, tuple[int, int]],
+) -> str:
     rows = []
     for name in (UNFILTERED, *FILTERS):
         cells = times[name]
@@ -590,8 +630,9 @@ def log_report(count: int, reps: int, tries: int, times: dict[str, dict[str, lis
         "same user by Bearer token: the time of one page (median of "
         f"{tries} reads, {reps} repetition(s)) after `0-0`, after the middle change, and caught "
         "up (after the present cursor: nothing new), the last also on a log of "
-        f"{SMALL_LOG:,} changes. Without 0015's indexes: the same pages once more after "
-        "dropping `pubsubpull_change_topic` and `pubsubpull_change_event` (rebuilt after; "
+        f"{SMALL_LOG:,} changes (before and after the large one). Without 0015's indexes: "
+        "the same pages once more after dropping `pubsubpull_change_topic` and "
+        "`pubsubpull_change_event` (rebuilt after; "
         f"median of {max(tries // 4, 1)} reads).",
         "",
         harness.table(
@@ -618,15 +659,17 @@ def log_report(count: int, reps: int, tries: int, times: dict[str, dict[str, lis
             f"{harness.ratio_cell(ratios['middle'])} from the middle, "
             f"{harness.verdict(worst <= FILTER_GOAL)}"
         )
-    growth = {
-        name: harness.ratios(times[name]["caught up"], times[name]["small"])
+    growth = {  # per repetition on the large log, against the small log's median
+        name: [t / harness.median(times[name]["small"]) for t in times[name]["caught up"]]
         for name in (UNFILTERED, *FILTERS)
     }
     worst = max(harness.median(r) for r in growth.values())
     lines.append(
         f"- caught-up page, log of {count:,} / log of {SMALL_LOG:,} ≤ {CAUGHT_UP_GOAL}: "
         + ", ".join(f"{harness.ratio_cell(r)} {n}" for n, r in growth.items())
-        + f", {harness.verdict(worst <= CAUGHT_UP_GOAL)}"
+        + f", {harness.verdict(worst <= CAUGHT_UP_GOAL)}; the buffers its query touched "
+        "(EXPLAIN ANALYZE, large / small log): "
+        + ", ".join(f"{large} / {small} {n}" for n, (large, small) in buffers.items())
     )
     lines += ["", LOG_NOTES]
     return "\n".join(lines)
