@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
@@ -53,6 +54,17 @@ _SKIPPED_PREFIXES = (
     "prepare",
     "deallocate",
 )
+# Whitespace and comments before a statement's first keyword: pubsubpull's own .sql files
+# open with a comment, and a read must not pass for a write (a prefix on every page read,
+# and an UPDATE of the Request row after it).
+_LEADING = re.compile(r"(?:\s|--[^\n]*|/\*.*?\*/)*", re.DOTALL)
+
+
+def _skipped(sql: str) -> bool:
+    """Whether ``sql`` is a statement that takes no metadata (see ``_SKIPPED_PREFIXES``)."""
+    leading = _LEADING.match(sql)  # always matches, perhaps nothing
+    start = leading.end() if leading else 0
+    return sql[start : start + 12].lower().startswith(_SKIPPED_PREFIXES)
 
 
 @dataclass
@@ -156,7 +168,7 @@ def execute_wrapper(
 ) -> Any:
     """Prepend the current metadata to writing statements (a Django execute wrapper)."""
     connection = context["connection"]
-    if not isinstance(sql, str) or sql.lstrip()[:12].lower().startswith(_SKIPPED_PREFIXES):
+    if not isinstance(sql, str) or _skipped(sql):
         return execute(sql, params, many, context)
     cursor = context["cursor"].cursor
     if getattr(cursor, "name", None):  # named cursors read; they take no prefix

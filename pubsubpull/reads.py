@@ -361,14 +361,20 @@ def _relation(tracked: registry.Tracked) -> dict[str, str]:
     }
 
 
+def instances_query(tracked: registry.Tracked, after: bool) -> str:
+    """The SQL of a page of ``tracked``'s rows, after a primary key if ``after``; its
+    parameters: ``after`` (the key) and ``limit`` (one more than the page)."""
+    parts = _relation(tracked)
+    condition = f"r.{parts['pk']} > %(after)s" if after else "true"
+    return render("instances_page", after=condition, **parts)
+
+
 def instances_page(
     tracked: registry.Tracked, after: Any, limit: int, using: str = "default"
 ) -> tuple[list[str], str | None]:
     """Up to ``limit`` rows after primary key ``after`` (None: from the start), as JSON
     texts, and the key to continue after (None when this was the last page)."""
-    parts = _relation(tracked)
-    condition = "true" if after is None else f"r.{parts['pk']} > %(after)s"
-    query = render("instances_page", after=condition, **parts)
+    query = instances_query(tracked, after is not None)
     with connections[using].cursor() as cursor:
         cursor.execute(query, {"after": after, "limit": limit + 1})
         rows = cursor.fetchall()

@@ -130,6 +130,31 @@ def test_request_changing_nothing_adds_no_query(
 
 
 @pytest.mark.django_db
+def test_pull_reads_of_a_tracked_table_are_not_taken_for_writes(
+    admin_client: Client, django_assert_num_queries: object
+) -> None:
+    # pubsubpull's queries open with a comment and name the tracked table they read
+    Customer.objects.create(name="Read")
+    with django_assert_num_queries(3) as queries:  # type: ignore[operator]
+        # session, user, page: no metadata on the page, no Request update after it
+        response = admin_client.get("/pubsubpull/models/shop.customer/")
+        assert response.json()["results"][0]["name"] == "Read"
+    page = queries.captured_queries[-1]["sql"]
+    assert page.startswith("--") and "set_config" not in page
+    assert not Request.objects.exists()
+
+
+@pytest.mark.django_db
+def test_writes_opening_with_comments_still_carry_the_metadata() -> None:
+    with pubsubpull.context(job="commented"), connection.cursor() as cursor:
+        cursor.execute(
+            "-- a comment\n/* and another,\n over lines */ INSERT INTO shop_customer "
+            "(name, email, password, active) VALUES ('c', '', '', true)"
+        )
+    assert [(c.op, c.context) for c in all_changes()] == [("insert", {"job": "commented"})]
+
+
+@pytest.mark.django_db
 def test_rolled_back_request_leaves_no_change_and_no_request(client: Client) -> None:
     assert client.post("/shop/rollback/").status_code == 400
     assert not Request.objects.exists()

@@ -30,6 +30,12 @@ FROZEN = {
     "0013_change_created_brin.sql": (
         "2669428ac3e5966b86fd573465eece47ef4618088abf34f5dc8ca7bd248a48d1"
     ),
+    "0015_change_event_index.sql": (
+        "a5d1f346434bea215fcbe9c6957e88d0a550a7672526b2e34a3d63bbfd8fd8d7"
+    ),
+    "0015_change_topic_index.sql": (
+        "22963eb57a8003909654aea585b2e11bedcbf51989380ae52abcc57cb2fbe7fc"
+    ),
 }
 
 
