@@ -168,6 +168,9 @@ def dispatch(timestamp: int | None = None) -> None:
         # then looks at every subscription (what this one found may not be queued).
         fanout.forget()
         logger.warning("pubsubpull dispatch met a database error: %s", error)
+    except BaseException:
+        fanout.forget()  # likewise: the next dispatch of this process looks at every one
+        raise
 
 
 async def recover_stalled(seconds_since_heartbeat: float = STALLED_AFTER) -> int:

@@ -126,7 +126,8 @@ def api(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
 
 def _long_poll(request: HttpRequest) -> bool:
     """A request that may wait (``?wait=``): its database work is rationed (see
-    :func:`reads.rationed`) from authentication on."""
+    :func:`reads.rationed`) from authentication on. (HTTP Basic hashes a password within
+    that turn: long polls should use a token.)"""
     return request.GET.get("wait", "") not in ("", "0")
 
 

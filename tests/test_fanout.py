@@ -107,3 +107,22 @@ def test_a_wake_up_dispatch_queues_only_the_concerned_the_sweep_all_due(owner: U
     forget_jobs()
     tasks.dispatch(timestamp=int(time.time()))  # the sweep: every due subscription
     assert queued() == {customers, orders}
+
+
+def test_a_dispatch_that_fails_midway_leaves_the_next_one_to_look_at_all(
+    owner: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forget_jobs()
+    customers = subscription(owner, "customers", ["shop.customer.*"])
+    tasks.dispatch()  # this process has looked
+    Customer.objects.create(name="lost?")
+
+    def broken(subscription_id: int, at: object = None) -> None:
+        raise RuntimeError("queueing failed")
+
+    monkeypatch.setattr(tasks, "defer_delivery", broken)
+    with pytest.raises(RuntimeError):
+        tasks.dispatch()  # read the new change's topic, then failed to queue its delivery
+    monkeypatch.undo()
+    tasks.dispatch()  # no new change since, but this one looks at every subscription
+    assert queued() == {customers}
