@@ -491,8 +491,8 @@ def _fail(
     """Record a failed attempt on the subscription (if ``in_flight`` still selects it),
     telling operators when it stops; returns when to try again. In a transaction."""
     updates, when = _failed(subscription, attempt, now)
+    label = metrics.subscription_label(subscription)
     if when is not None:
-        label = metrics.subscription_label(subscription)
         logger.info(
             "pubsubpull retries %s at %s",
             label,
@@ -503,10 +503,10 @@ def _fail(
         status = str(updates["status"])
         logger.warning(
             "pubsubpull subscription %s is %s: %s",
-            metrics.subscription_label(subscription),
+            label,
             status,
             updates["last_error"],
-            extra={"subscription": metrics.subscription_label(subscription), "status": status},
+            extra={"subscription": label, "status": status},
         )
         data = subscription_events.payload(
             subscription,

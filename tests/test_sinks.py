@@ -525,6 +525,11 @@ def test_admin_keeps_the_password_of_a_broker_target(admin_client: Client, owner
         ("redis://127.0.0.1:6379/0?stream=s&bogus=1", "unknown parameter(s) bogus"),
         ("nats://127.0.0.1:4222", "names its subject prefix"),
         ("nats://127.0.0.1:4222?subject=a.*", "names its subject prefix"),
+        ("nats://127.0.0.1:4222?subject=a&stream=s", "unknown parameter(s) stream"),
+        (
+            "amqp://guest:guest@127.0.0.1:5672/%2F?exchange=x&queue=q",
+            "unknown parameter(s) queue: an amqp target takes ?exchange=<name>",
+        ),
         ("amqp://guest:guest@127.0.0.1:5672/%2F", "names its topic exchange"),
         ("amqp://guest:***@127.0.0.1:5672/%2F?exchange=x", "give the password itself"),
     ],

@@ -111,9 +111,15 @@ def mask(url: str) -> str:
     return f"{scheme}{separator}{shown}@{rest}"
 
 
-def query(url: str) -> dict[str, str]:
-    """The URL's query parameters (the last value of each)."""
-    return {key: values[-1] for key, values in parse_qs(urlsplit(url).query).items()}
+def query(url: str, known: set[str], usage: str) -> dict[str, str]:
+    """The URL's query parameters (the last value of each); ``ValueError`` naming those not
+    in ``known``, with ``usage`` (what the target takes, e.g. ``"a redis target takes
+    ?stream=<name>"``)."""
+    params = {key: values[-1] for key, values in parse_qs(urlsplit(url).query).items()}
+    unknown = set(params) - known
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {', '.join(sorted(unknown))}: {usage}")
+    return params
 
 
 def _module(url: str) -> ModuleType:

@@ -35,13 +35,7 @@ class Config:
 
 def parse(url: str) -> Config:
     """The exchange of a target; ``ValueError`` saying what is missing or wrong."""
-    params = query(url)
-    unknown = set(params) - {"exchange"}
-    if unknown:
-        raise ValueError(
-            f"unknown parameter(s) {', '.join(sorted(unknown))}: an amqp target takes "
-            "?exchange=<name>"
-        )
+    params = query(url, {"exchange"}, "an amqp target takes ?exchange=<name>")
     exchange = params.get("exchange", "")
     if not EXCHANGE.fullmatch(exchange) or exchange.startswith("amq."):
         raise ValueError(

@@ -39,13 +39,7 @@ class Config:
 
 def parse(url: str) -> Config:
     """The subject prefix of a target; ``ValueError`` saying what is missing or wrong."""
-    params = query(url)
-    unknown = set(params) - {"subject"}
-    if unknown:
-        raise ValueError(
-            f"unknown parameter(s) {', '.join(sorted(unknown))}: a nats target takes "
-            "?subject=<prefix>"
-        )
+    params = query(url, {"subject"}, "a nats target takes ?subject=<prefix>")
     subject = params.get("subject", "")
     if not SUBJECT_PREFIX.fullmatch(subject):
         raise ValueError(

@@ -33,13 +33,7 @@ class Config:
 
 def parse(url: str) -> Config:
     """The stream and trimming of a target; ``ValueError`` saying what is missing or wrong."""
-    params = query(url)
-    unknown = set(params) - PARAMETERS
-    if unknown:
-        raise ValueError(
-            f"unknown parameter(s) {', '.join(sorted(unknown))}: a redis target takes "
-            "?stream=<name>[&maxlen=N]"
-        )
+    params = query(url, PARAMETERS, "a redis target takes ?stream=<name>[&maxlen=N]")
     stream = params.get("stream", "")
     if not stream:
         raise ValueError("a redis target names its stream: redis://host:6379/0?stream=<name>")
