@@ -14,6 +14,7 @@ from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
+from django.db import transaction
 from django.db.models import ForeignKey, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
@@ -379,6 +380,18 @@ class SubscriptionForm(forms.ModelForm):  # type: ignore[type-arg]
 RECENT_ATTEMPTS = 20
 
 
+def _wake_after_commit(subscription_ids: list[int]) -> None:
+    """Queue these subscriptions' deliveries once the change commits: a wake-up's dispatch
+    only sees new changes, not what a resume or a replay makes due (``tasks.wake``)."""
+    from .tasks import wake  # not at import: the admin loads before Procrastinate's app
+
+    def wake_all() -> None:
+        for subscription_id in subscription_ids:
+            wake(subscription_id)
+
+    transaction.on_commit(wake_all)
+
+
 @admin.register(Subscription)
 class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     """Subscriptions with their lag and last error; the secret is never shown.
@@ -483,6 +496,7 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         if "status" in form.changed_data and obj.status == Subscription.Status.ACTIVE:
             obj.clear_failures()  # resumed
         super().save_model(request, obj, form, change)
+        _wake_after_commit([obj.pk])
 
     @admin.display(description="headers")
     def header_names(self, subscription: Subscription) -> str:
@@ -536,10 +550,12 @@ class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.action(description="Resume the selected subscriptions (clears failures)")
     def resume(self, request: HttpRequest, queryset: SubscriptionQuerySet) -> None:
+        _wake_after_commit(list(queryset.values_list("pk", flat=True)))
         self.message_user(request, f"Resumed {_subscriptions(queryset.resume())}.")
 
     @admin.action(description="Replay the selected subscriptions from the start of the log")
     def replay_from_start(self, request: HttpRequest, queryset: SubscriptionQuerySet) -> None:
+        _wake_after_commit(list(queryset.values_list("pk", flat=True)))
         queryset.replay(START)
         self.message_user(request, "To replay from a position, edit the subscription's cursor.")
 

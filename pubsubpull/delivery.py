@@ -148,8 +148,12 @@ def next_batch(subscription: Subscription) -> Batch | None:
         end = Position.parse(subscription.batch_end)
         page = pending(subscription, subscription.batch_size, until=end)
         if page.first is not None:
-            full = len(page.results) >= subscription.batch_size  # more likely wait after it
-            return Batch(subscription.batch_id, page.results, page.first, end, full)
+            # A full page may stop short of batch_end (the owner may see more changes now,
+            # or batch_size was lowered): the batch then ends at the page, never skipping
+            # what lies between.
+            full = len(page.results) >= subscription.batch_size
+            last = page.last if full and page.last is not None else end
+            return Batch(subscription.batch_id, page.results, page.first, last, full)
         # nothing left in it (e.g. the owner lost a permission): drop the batch
         Subscription.objects.filter(pk=subscription.pk).drop_batch()
         subscription.drop_batch()
@@ -165,10 +169,29 @@ def next_batch(subscription: Subscription) -> Batch | None:
             return Batch("", [], after, cursor)
         return None
     batch = _new_batch(subscription, page)
-    Subscription.objects.filter(pk=subscription.pk).update(
+    # Only if nothing changed since the subscription was loaded: a PUT that replayed it or
+    # changed its terms meanwhile wins, and the page (read from the old state) is dropped.
+    unchanged = {field: getattr(subscription, field) for field in MARK_IF_UNCHANGED}
+    if not Subscription.objects.filter(pk=subscription.pk, **unchanged).update(
         batch_id=batch.id, batch_end=str(batch.last)
-    )
+    ):
+        return Batch("", [], after, after)  # read again
     return batch
+
+
+#: What a new batch was read under: marking it in flight needs them unchanged.
+MARK_IF_UNCHANGED = (
+    "cursor",
+    "batch_id",
+    "target",
+    "broker_target",
+    "topics",
+    "filter",
+    "payload",
+    "format",
+    "max_bytes",
+    "batch_size",
+)
 
 
 def _new_batch(subscription: Subscription, page: reads.ChangesPage) -> Batch:
@@ -615,7 +638,7 @@ def deliver(subscription_id: int, more: Callable[[], bool] | None = None) -> dat
     if batch is None:
         return None
     if not batch.changes:
-        return timezone.now()  # the filter skipped a stretch of changes: read on
+        return timezone.now()  # the filter skipped a stretch, or a PUT came: read on
     if is_standard(subscription):
         return deliver_each(subscription, batch)
     if subscription.is_local:  # its code may use the database: in this thread

@@ -70,6 +70,19 @@ def defer_delivery(subscription_id: int, at: datetime | None = None) -> None:
         pass  # the waiting job will see the changes too
 
 
+def wake(subscription_id: int) -> None:
+    """Queue the delivery of a subscription that may send at once (created, changed,
+    resumed or replayed): a job of it waiting for a later retry is brought forward. A
+    wake-up's dispatch only sees new changes, so whatever came while it was paused or
+    failing is found this way, or by the next full look."""
+    lock = subscription_lock(subscription_id)
+    try:
+        deliver.configure(queueing_lock=lock).defer(subscription_id=subscription_id)
+    except exceptions.AlreadyEnqueued:
+        with connection.cursor() as cursor:
+            cursor.execute(load("bring_forward"), {"queue": QUEUE, "lock": lock})
+
+
 @app.task(name=DELIVER, queue=QUEUE)
 def deliver(subscription_id: int) -> None:
     """Deliver the next batches of one subscription and queue what follows."""

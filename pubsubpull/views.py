@@ -364,9 +364,9 @@ def _summary(errors: dict[str, list[str]]) -> str:
 
 
 def _wake(subscription_id: int) -> None:
-    from .tasks import defer_delivery
+    from .tasks import wake
 
-    defer_delivery(subscription_id)
+    wake(subscription_id)
 
 
 @require_GET

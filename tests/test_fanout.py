@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import User
 from django.db import connection
+from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from pubsubpull import fanout, tasks
 from pubsubpull.models import Subscription
@@ -126,3 +129,28 @@ def test_a_dispatch_that_fails_midway_leaves_the_next_one_to_look_at_all(
     monkeypatch.undo()
     tasks.dispatch()  # no new change since, but this one looks at every subscription
     assert queued() == {customers}
+
+
+def test_every_sweep_interval_a_dispatch_looks_at_all_again(owner: User) -> None:
+    # The periodic sweep is skipped while a wake-up's dispatch waits (shared queueing
+    # lock): each process's dispatch does its full look itself.
+    subscription(owner, "customers", ["shop.customer.*"])
+    with override_settings(PUBSUBPULL={"SWEEP_INTERVAL": 1}):
+        assert fanout.concerned() is None
+        assert fanout.concerned() == []
+        time.sleep(1.05)
+        assert fanout.concerned() is None
+        assert fanout.concerned() == []
+
+
+def test_waking_a_subscription_brings_a_later_retry_forward(owner: User) -> None:
+    forget_jobs()
+    customers = subscription(owner, "customers", ["shop.customer.*"])
+    later = timezone.now() + timedelta(hours=5)
+    tasks.defer_delivery(customers, later)  # its retry, hours away
+
+    tasks.wake(customers)  # resumed, replayed or changed: it may send now
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT scheduled_at FROM procrastinate_jobs WHERE status = 'todo'")
+        assert cursor.fetchall() == [(None,)]  # the same job, now due

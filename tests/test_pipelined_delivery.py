@@ -212,3 +212,62 @@ def test_only_a_backlog_is_read_ahead(
     assert names(receiver) == [f"c{i}" for i in range(6)]
     # after each full batch (c1 c2, c3 c4); not after the last one (c5)
     assert len(reads_ahead) == 2
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
+@pytest.mark.parametrize(
+    "put_meanwhile",
+    [
+        lambda pk: Subscription.objects.filter(pk=pk).replay(START),
+        lambda pk: Subscription.objects.filter(pk=pk).set_terms(topics=["shop.#"]),
+    ],
+    ids=["replay", "new terms"],
+)
+def test_a_put_between_the_read_and_the_mark_wins(
+    api: Client,
+    httpserver: HTTPServer,
+    monkeypatch: pytest.MonkeyPatch,
+    put_meanwhile: Callable[[int], None],
+) -> None:
+    receiver = Receiver()
+    subscription = subscribe(api, httpserver, receiver)
+    for i in range(2):
+        Customer.objects.create(name=f"c{i}")
+    delivery.deliver(subscription.pk)
+    new_batch = delivery._new_batch
+
+    def read_then_put(s: Subscription, page: Any) -> delivery.Batch:
+        batch = new_batch(s, page)
+        put_meanwhile(s.pk)  # committed after the page was read from the old state
+        return batch
+
+    monkeypatch.setattr(delivery, "_new_batch", read_then_put)
+    Customer.objects.create(name="c2")
+    assert delivery.deliver(subscription.pk) is not None  # "read again now"
+    monkeypatch.undo()
+
+    assert names(receiver) == ["c0", "c1"]  # the page read before the PUT was not sent
+    subscription.refresh_from_db()
+    assert subscription.batch_id == ""
+    delivery.deliver(subscription.pk, always)
+    expected = ["c0", "c1", "c0", "c1", "c2"] if subscription.cursor == str(START) else None
+    assert names(receiver) == (expected or ["c0", "c1", "c2"])
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
+def test_a_retry_cut_short_by_a_smaller_batch_size_skips_nothing(
+    api: Client, httpserver: HTTPServer
+) -> None:
+    receiver = Receiver(statuses=[500])
+    subscription = subscribe(api, httpserver, receiver)
+    for i in range(3):
+        Customer.objects.create(name=f"c{i}")
+    delivery.deliver(subscription.pk)  # c0 c1 in flight, failed
+    Subscription.objects.filter(pk=subscription.pk).update(batch_size=1, next_attempt=None)
+
+    delivery.deliver(subscription.pk)  # the retry reads one change of the two
+    delivery.deliver(subscription.pk, always)
+    delivery.deliver(subscription.pk, always)
+
+    assert names(receiver) == ["c0", "c1", "c0", "c1", "c2"]
+    assert receiver.requests[1].headers["Webhook-Id"] == receiver.requests[0].headers["Webhook-Id"]
