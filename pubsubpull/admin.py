@@ -14,7 +14,6 @@ from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.db import transaction
 from django.db.models import ForeignKey, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
@@ -383,13 +382,9 @@ RECENT_ATTEMPTS = 20
 def _wake_after_commit(subscription_ids: list[int]) -> None:
     """Queue these subscriptions' deliveries once the change commits: a wake-up's dispatch
     only sees new changes, not what a resume or a replay makes due (``tasks.wake``)."""
-    from .tasks import wake  # not at import: the admin loads before Procrastinate's app
+    from .tasks import wake_on_commit  # not at import: the admin loads before Procrastinate
 
-    def wake_all() -> None:
-        for subscription_id in subscription_ids:
-            wake(subscription_id)
-
-    transaction.on_commit(wake_all)
+    wake_on_commit(subscription_ids)
 
 
 @admin.register(Subscription)

@@ -18,7 +18,7 @@ import time
 from datetime import datetime, timedelta
 
 from asgiref.sync import sync_to_async
-from django.db import InterfaceError, OperationalError, connection
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 from procrastinate import exceptions
 from procrastinate.contrib.django import app
@@ -54,8 +54,9 @@ def subscription_lock(subscription_id: int) -> str:
     return f"pubsubpull.subscription.{subscription_id}"
 
 
-def defer_delivery(subscription_id: int, at: datetime | None = None) -> None:
-    """Queue the delivery of a subscription (now, or at ``at``) unless one is waiting.
+def defer_delivery(subscription_id: int, at: datetime | None = None) -> bool:
+    """Queue the delivery of a subscription (now, or at ``at``) unless one is waiting;
+    whether it queued one.
 
     No Procrastinate ``lock``: one sender at a time is :func:`delivery.claimed`'s job. A
     job queued behind a Procrastinate lock waits for the worker's next poll (5 s) after
@@ -67,7 +68,8 @@ def defer_delivery(subscription_id: int, at: datetime | None = None) -> None:
             queueing_lock=subscription_lock(subscription_id), schedule_at=schedule_at
         ).defer(subscription_id=subscription_id)
     except exceptions.AlreadyEnqueued:
-        pass  # the waiting job will see the changes too
+        return False  # the waiting job will see the changes too
+    return True
 
 
 def wake(subscription_id: int) -> None:
@@ -75,12 +77,21 @@ def wake(subscription_id: int) -> None:
     resumed or replayed): a job of it waiting for a later retry is brought forward. A
     wake-up's dispatch only sees new changes, so whatever came while it was paused or
     failing is found this way, or by the next full look."""
-    lock = subscription_lock(subscription_id)
-    try:
-        deliver.configure(queueing_lock=lock).defer(subscription_id=subscription_id)
-    except exceptions.AlreadyEnqueued:
+    if not defer_delivery(subscription_id):
         with connection.cursor() as cursor:
-            cursor.execute(load("bring_forward"), {"queue": QUEUE, "lock": lock})
+            cursor.execute(
+                load("bring_forward"), {"queue": QUEUE, "lock": subscription_lock(subscription_id)}
+            )
+
+
+def wake_on_commit(subscription_ids: list[int]) -> None:
+    """:func:`wake` these subscriptions once the current transaction commits."""
+
+    def wake_all() -> None:
+        for subscription_id in subscription_ids:
+            wake(subscription_id)
+
+    transaction.on_commit(wake_all)
 
 
 @app.task(name=DELIVER, queue=QUEUE)
@@ -171,9 +182,11 @@ def dispatch(timestamp: int | None = None) -> None:
         concerned = fanout.concerned() if timestamp is None else None
         if concerned is None:
             due = delivery.due_subscriptions(skip=_waiting_deliveries())
-        else:
-            busy = delivery.claimed_subscriptions() | _waiting_deliveries() if concerned else set()
+        elif concerned:
+            busy = delivery.claimed_subscriptions() | _waiting_deliveries()
             due = [subscription_id for subscription_id in concerned if subscription_id not in busy]
+        else:
+            due = []
         for subscription_id in due:
             defer_delivery(subscription_id)
     except (OperationalError, InterfaceError) as error:

@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.core.exceptions import ValidationError
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.urls import reverse
@@ -320,7 +320,9 @@ def subscription(request: HttpRequest, name: str) -> HttpResponse:
                 }
             ).encode()
             return response
-        transaction.on_commit(lambda: _wake(saved.pk))
+        from .tasks import wake_on_commit  # as the admin does: not at import
+
+        wake_on_commit([saved.pk])
         return JsonResponse(subscriptions.as_json(saved), status=201 if created else 200)
     existing = Subscription.objects.filter(owner=owner, name=name).first()
     if existing is None:
@@ -361,12 +363,6 @@ def ping(request: HttpRequest, name: str) -> HttpResponse:
 
 def _summary(errors: dict[str, list[str]]) -> str:
     return "; ".join(f"{field}: {' '.join(messages)}" for field, messages in errors.items())
-
-
-def _wake(subscription_id: int) -> None:
-    from .tasks import wake
-
-    wake(subscription_id)
 
 
 @require_GET
