@@ -34,6 +34,9 @@ from .models import LOCAL_PREFIX, Delivery, Subscription
 from .positions import START, Position
 from .sql import load
 
+#: Seconds a pipelined delivery goes on with the subscription (and its owner) as loaded:
+#: record() sees a pause, replay or PUT at once; other changes (permissions) within this.
+RELOAD_INTERVAL = 1.0
 #: Threads that send batches while the delivery job's thread reads the next page: HTTP
 #: and broker sends touch no database. Each keeps its HTTP session and broker connections.
 SENDERS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="pubsubpull-send")
@@ -439,7 +442,9 @@ def record(
     ``part_of``: the batch in flight, when ``batch`` is one change of it (the standard
     format): a 2xx moves the cursor past that change and keeps the batch in flight until
     its last change. ``then``: the batch read ahead (:func:`read_ahead`), put in flight
-    by the same commit as a 2xx of ``batch`` (one commit per batch, not two). Returns
+    by the same commit as a 2xx of ``batch`` (one commit per batch, not two) if the
+    subscription is still active and unsaved since it was loaded; ``subscription`` then
+    shows it in flight (``batch_id``). Returns
     when to deliver again: now after a success (more may wait), the retry time after a
     failure, None when the subscription stopped.
     """
@@ -470,7 +475,14 @@ def record(
                 _recovered(subscription)
             return now
         if attempt.ok:
-            if in_flight.delivered(flight.last, now, then=then):
+            # ``then`` goes in flight only under the terms it was read with; the instance
+            # then holds the new state, and the pipeline goes on without reloading it.
+            if then is not None and in_flight.as_loaded(subscription).delivered(
+                flight.last, now, then=then
+            ):
+                _recovered(subscription)
+                subscription.delivered(flight.last, now, then=then)
+            elif in_flight.delivered(flight.last, now):
                 _recovered(subscription)
             return now
         return _fail(in_flight, subscription, attempt, now)
@@ -562,6 +574,7 @@ def _recovered(subscription: Subscription) -> None:
             subscription.down_since,
         )
         subscription_events.tell(subscription, subscription_events.RECOVERED, data)
+    subscription.down_since = None
 
 
 def _failed(
@@ -630,7 +643,7 @@ def deliver(subscription_id: int, more: Callable[[], bool] | None = None) -> dat
     ready = _ready(subscription_id)
     if not isinstance(ready, Subscription):
         return ready
-    subscription = ready
+    subscription, loaded = ready, time.monotonic()
     try:
         batch = next_batch(subscription)
     except reads.QueryFailed as error:
@@ -659,12 +672,16 @@ def deliver(subscription_id: int, more: Callable[[], bool] | None = None) -> dat
         when = record(subscription, batch, attempt, then=upcoming)
         if upcoming is None or not attempt.ok:
             return when
-        ready = _ready(subscription_id)
-        if not isinstance(ready, Subscription):
-            return ready
-        subscription = ready
-        if subscription.batch_id != upcoming.id:
-            return timezone.now()  # replayed, replaced or reset meanwhile: read afresh
+        # record() did not put it in flight if the subscription changed meanwhile; the
+        # owner's permissions (cached on the instance) are seen within RELOAD_INTERVAL
+        changed = subscription.batch_id != upcoming.id
+        if changed or time.monotonic() - loaded > RELOAD_INTERVAL:
+            ready = _ready(subscription_id)
+            if not isinstance(ready, Subscription):
+                return ready  # paused, or deleted
+            subscription, loaded = ready, time.monotonic()
+            if subscription.batch_id != upcoming.id:
+                return timezone.now()  # replayed, replaced or reset meanwhile: read afresh
         batch = upcoming
 
 

@@ -158,6 +158,13 @@ _NO_BATCH: dict[str, Any] = {"batch_id": "", "batch_end": ""}
 _NO_FAILURES: dict[str, Any] = {"failures": 0, "next_attempt": None, "last_error": ""}
 
 
+def _delivered(position: Position, at: datetime, then: Batch | None) -> dict[str, Any]:
+    """The fields of a subscription whose batch up to ``position`` was delivered ``at``,
+    with ``then`` (or nothing) in flight next."""
+    flight = _NO_BATCH if then is None else {"batch_id": then.id, "batch_end": str(then.last)}
+    return {"cursor": str(position), "last_delivered": at, **flight, **_NO_FAILURES}
+
+
 class SubscriptionQuerySet(models.QuerySet["Subscription"]):
     """Subscriptions, with the updates that keep their delivery state consistent.
 
@@ -197,8 +204,12 @@ class SubscriptionQuerySet(models.QuerySet["Subscription"]):
         """A batch up to ``position`` was delivered ``at``: the cursor moves there, the
         failures are cleared, and the batch in flight is cleared, or is ``then`` (a
         batch read ahead)."""
-        flight = _NO_BATCH if then is None else {"batch_id": then.id, "batch_end": str(then.last)}
-        return self.update(cursor=str(position), last_delivered=at, **flight, **_NO_FAILURES)
+        return self.update(**_delivered(position, at, then))
+
+    def as_loaded(self, subscription: Subscription) -> SubscriptionQuerySet:
+        """Only if still active and not saved since ``subscription`` was loaded (a PUT saves
+        it; pause, replay and new terms change its status or its batch)."""
+        return self.filter(status=Subscription.Status.ACTIVE, updated=subscription.updated)
 
 
 class Subscription(models.Model):
@@ -336,6 +347,12 @@ class Subscription(models.Model):
         """Clear the failures, retry time and last error, as resuming does (on this
         instance: ``save()`` writes it)."""
         for field, value in _NO_FAILURES.items():
+            setattr(self, field, value)
+
+    def delivered(self, position: Position, at: datetime, then: Batch | None = None) -> None:
+        """What ``Subscription.objects.filter(pk=...).delivered(...)`` wrote, on this
+        instance."""
+        for field, value in _delivered(position, at, then).items():
             setattr(self, field, value)
 
 

@@ -148,8 +148,8 @@ def changes_page(
     with reader_cursor(connections[using], bool(patterns or filter)) as cursor:
         cursor.execute(query, params)
         rows = cursor.fetchall()
-    results = [doc for _, _, position, doc in rows if position is not None]
-    positions = [Position.parse(position) for _, _, position, _ in rows if position is not None]
+    results = [doc for _, _, _, id, doc in rows if id is not None]
+    positions = [Position(int(txid), id) for _, _, txid, id, _ in rows if id is not None]
     first = positions[0] if positions else None
     last = positions[-1] if positions else None
     scanned_to = Position.parse(rows[0][1]) if rows[0][1] else None

@@ -5,7 +5,8 @@
 -- build and test at most); limit; thin (true: each change without "old" and "new", which
 -- the filter still sees).
 -- The first row always comes, with the horizon and, when the scan limit cut the read
--- short, the position of the last change it examined; page rows follow it (LEFT JOIN).
+-- short, the position of the last change it examined; page rows follow it (LEFT JOIN),
+-- each with its position's txid and id (apart: parsing them costs the reader nothing).
 -- Performance: "candidates" has no ORDER BY and compares txid with a scalar subquery, so
 -- PostgreSQL folds it into "page" and walks the (txid, id) index up to the LIMIT; an
 -- ORDER BY here (or a join with horizon) made it build the JSON of every change after
@@ -38,7 +39,7 @@ WITH horizon AS (
     LIMIT %(limit)s
 )
 SELECT h.xmin::text, (SELECT e.txid::text || '-' || e.id::text FROM scan_end e),
-       p.txid::text || '-' || p.id::text,
+       p.txid::text, p.id,
        CASE WHEN %(thin)s::boolean THEN (p.doc::jsonb - 'old' - 'new')::text ELSE p.doc::text END
 FROM horizon h
 LEFT JOIN page p ON true
