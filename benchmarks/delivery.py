@@ -525,7 +525,8 @@ def latency(receiver: Receiver, duration: float, healthy: list[str]) -> dict[str
 # retried every 0.5-1 s for the whole run (never `failing`), so the faulty subscription keeps
 # taking worker time throughout, a harsher case than the defaults (retries backing off to an
 # hour, `failing` after 10).
-FAULT_SETTINGS: dict[str, Any] = {"DELIVERY_TIMEOUT": 1.0, "RETRY_CAP": 1.0, "MAX_FAILURES": 10**6}
+RETRIES = 1000  # a retry a second: never used up in a run
+FAULT_SETTINGS: dict[str, Any] = {"DELIVERY_TIMEOUT": 1.0, "RETRY_SCHEDULE": [1.0] * RETRIES}
 SLOW_SECONDS = 3.0  # the slow target answers this late: after the timeout, every time
 FAULTS = {"": "none", "dead": "answers 500", "slow": "answers after the timeout"}
 
@@ -841,9 +842,9 @@ def beside_report(duration: float, others: list[tuple[Scenario, dict[str, Any]]]
             "**answers 500**, or **answers after the timeout** (it answers "
             f"{SLOW_SECONDS:g} s late; the worker's `DELIVERY_TIMEOUT` is {timeout:g} s). "
             "Each run has a worker of its own (`--concurrency` as shown) with "
-            f"`PUBSUBPULL` overrides `{json.dumps(FAULT_SETTINGS)}` (through "
-            f"`{SETTINGS_VARIABLE}`): "
-            "the faulty subscription is retried every 0.5-1 s throughout and never becomes "
+            f'`PUBSUBPULL` overrides `{{"DELIVERY_TIMEOUT": {timeout:g}, "RETRY_SCHEDULE": '
+            f"[1.0] * {RETRIES}}}` (through `{SETTINGS_VARIABLE}`): "
+            "the faulty subscription is retried every 0.9-1.1 s throughout and never becomes "
             "`failing`, a harsher case than the defaults, whose retries back off. Latency of "
             "the healthy subscriptions only (every change at every one of them), measured "
             "after a first change reached them all; **worst p99**: the p99 of the healthy "

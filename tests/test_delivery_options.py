@@ -287,9 +287,7 @@ def test_no_grace_replaces_the_secret_at_once(owner: Any, settings: Any) -> None
 
 FAST_RETRIES = {
     "ALLOWED_TARGETS": ["http://localhost:", "http://127.0.0.1:"],
-    "RETRY_BASE": 0.01,
-    "RETRY_CAP": 0.05,
-    "MAX_FAILURES": 5,
+    "RETRY_SCHEDULE": [0.01, 0.02, 0.04, 0.05],  # failing after 5 attempts
 }
 
 

@@ -124,7 +124,7 @@ def test_filters_that_fail_in_postgres_are_refused_or_harmless(
 def test_a_filter_failing_at_delivery_fails_only_its_own_subscription(
     live_server: LiveServer, httpserver: HTTPServer, victim: Receiver, settings: Any
 ) -> None:
-    settings.PUBSUBPULL = {**settings.PUBSUBPULL, "RETRY_BASE": 0.01, "RETRY_CAP": 0.02}
+    settings.PUBSUBPULL = {**settings.PUBSUBPULL, "RETRY_SCHEDULE": [0.01] + [0.02] * 8}
     attacker = Receiver()
     call = api_as(live_server, customer_viewer("attacker"))
     body = {"target": hook(httpserver, attacker, "/attacker"), "topics": ["shop.customer.*"]}
@@ -164,8 +164,7 @@ def test_a_slow_filter_is_cut_off_by_filter_timeout_and_costs_only_its_subscript
     settings.PUBSUBPULL = {
         **settings.PUBSUBPULL,
         "FILTER_TIMEOUT": 0.2,
-        "RETRY_BASE": 0.01,
-        "RETRY_CAP": 0.02,
+        "RETRY_SCHEDULE": [0.01] + [0.02] * 8,
     }
     attacker = Receiver()
     call = api_as(live_server, customer_viewer("attacker"))

@@ -38,9 +38,7 @@ NATS_SERVER = ("127.0.0.1", 4222)
 RABBITMQ = ("127.0.0.1", 5672)
 SETTINGS = {
     "ALLOWED_TARGETS": ["redis://127.0.0.1:", "nats://127.0.0.1:", "amqp://127.0.0.1:"],
-    "RETRY_BASE": 0.01,
-    "RETRY_CAP": 0.05,
-    "MAX_FAILURES": 50,
+    "RETRY_SCHEDULE": [0.01, 0.02, 0.04] + [0.05] * 46,  # failing after 50 attempts
     "DELIVERY_TIMEOUT": 3.0,
 }
 

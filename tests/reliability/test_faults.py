@@ -70,12 +70,10 @@ DOWN_FOR = 8.0  # test 4: seconds the database stays stopped
 WRITE_AROUND = 3.0  # test 4: seconds of writes before the stop and after the start
 FLAKY_WRITES = 6  # test 5: transactions of FLAKY_ROWS customers per phase
 FLAKY_ROWS = 10
-FLAKY_BATCH = 30  # few batches: a retry waits for the worker's next poll (5 s), not RETRY_BASE
+FLAKY_BATCH = 30  # few batches: a retry waits for the worker's next poll (5 s), not its delay
 FLAKY_SETTINGS = {  # test 5, for the worker subprocess
     "DELIVERY_TIMEOUT": 0.5,
-    "RETRY_BASE": 0.05,
-    "RETRY_CAP": 0.5,
-    "MAX_FAILURES": 1_000_000,
+    "RETRY_SCHEDULE": [0.05, 0.1, 0.2, 0.4] + [0.5] * 1000,  # never used up in the test
 }
 SLOW_ANSWER = 1.5  # test 5: past DELIVERY_TIMEOUT
 FAIL_RATE = 0.3  # test 5: share of 500 answers once the subscriber is back
