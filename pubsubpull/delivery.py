@@ -72,6 +72,9 @@ class Batch:
     #: More changes were waiting after it when it was read (a full page, or cut by the
     #: byte cap): worth reading the next page while it is sent.
     backlog: bool = False
+    #: Each change's position (text) and topic as the read gave them, for broker sinks;
+    #: empty when not at hand (a sink then reads them from the JSON).
+    heads: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,7 @@ def next_batch(subscription: Subscription) -> Batch | None:
             # what lies between.
             full = len(page.results) >= subscription.batch_size
             last = page.last if full and page.last is not None else end
-            return Batch(subscription.batch_id, page.results, page.first, last, full)
+            return Batch(subscription.batch_id, page.results, page.first, last, full, _heads(page))
         # nothing left in it (e.g. the owner lost a permission): drop the batch
         Subscription.objects.filter(pk=subscription.pk).drop_batch()
         subscription.drop_batch()
@@ -207,7 +210,16 @@ def _new_batch(subscription: Subscription, page: reads.ChangesPage) -> Batch:
         page.positions[0],
         page.positions[count - 1],
         backlog,
+        _heads(page, count),
     )
+
+
+def _heads(page: reads.ChangesPage, count: int | None = None) -> list[tuple[str, str]]:
+    """The position (text) and topic of the first ``count`` changes of a page (all)."""
+    return [
+        (f"{position.txid}-{position.id}", topic)
+        for position, topic in zip(page.positions[:count], page.topics[:count], strict=True)
+    ]
 
 
 def read_ahead(subscription: Subscription, after: Position) -> Batch | None:
@@ -294,7 +306,7 @@ def send(subscription: Subscription, batch: Batch) -> Attempt:
             status, answered = 200, timezone.now()
         elif subscription.broker_target:  # redis://, nats://, amqp:// (pubsubpull.sinks)
             target = decrypt(subscription.broker_target, "broker target")
-            sinks.for_target(target).send(subscription.name, batch.changes)
+            sinks.for_target(target).send(subscription.name, batch.changes, batch.heads)
             status, answered = 200, timezone.now()  # every change confirmed by the broker
         else:
             data, headers = request(subscription, batch)

@@ -48,6 +48,7 @@ class ChangesPage:
     # a filtered read stopped at its scan limit: the last change it examined
     scanned_to: Position | None = None
     positions: list[Position] = field(default_factory=list)  # of each result
+    topics: list[str] = field(default_factory=list)  # of each result
 
     def cursor(self, after: Position, limit: int) -> Position:
         """Where the next read continues.
@@ -148,12 +149,14 @@ def changes_page(
     with reader_cursor(connections[using], bool(patterns or filter)) as cursor:
         cursor.execute(query, params)
         rows = cursor.fetchall()
-    results = [doc for _, _, _, id, doc in rows if id is not None]
-    positions = [Position(int(txid), id) for _, _, txid, id, _ in rows if id is not None]
+    found = [row for row in rows if row[3] is not None]  # the first row may have none
+    results = [doc for *_, doc in found]
+    positions = [Position(int(txid), id) for _, _, txid, id, _, _ in found]
+    topics = [topic for *_, topic, _ in found]
     first = positions[0] if positions else None
     last = positions[-1] if positions else None
     scanned_to = Position.parse(rows[0][1]) if rows[0][1] else None
-    return ChangesPage(results, first, last, int(rows[0][0]), scanned_to, positions)
+    return ChangesPage(results, first, last, int(rows[0][0]), scanned_to, positions, topics)
 
 
 def count_changes(

@@ -594,3 +594,26 @@ def test_mask() -> None:
     assert sinks.mask("nats://token@h:4222?subject=s") == "nats://***@h:4222?subject=s"
     assert sinks.mask("redis://:p%40ss@h/0") == "redis://:***@h/0"
     assert sinks.mask("redis://h/0?stream=s") == "redis://h/0?stream=s"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("thin", [False, True])
+def test_the_position_and_topic_a_read_gives_are_those_of_each_change(thin: bool) -> None:
+    # broker sinks take them from the read instead of parsing each change's JSON
+    import pubsubpull
+    from pubsubpull import reads
+    from pubsubpull.positions import START
+
+    Customer.objects.create(name="a")
+    pubsubpull.publish("billing.invoice.paid", {"invoice": 1})
+    Customer.objects.filter(name="a").update(name="b")
+    page = reads.changes_page(["shop.customer"], START, [], 10, events=True, thin=thin)
+
+    batch = delivery._new_batch(Subscription(batch_size=10), page)
+    assert len(batch.heads) == len(batch.changes) == 3
+    assert batch.heads == [sinks.change_fields(change) for change in batch.changes]
+    assert [topic for _, topic in batch.heads] == [
+        "shop.customer.insert",
+        "billing.invoice.paid",
+        "shop.customer.update",
+    ]

@@ -177,9 +177,17 @@ class Sink(ABC):
         """Seconds a connection or a batch may take (``PUBSUBPULL["DELIVERY_TIMEOUT"]``)."""
         return float(conf.get("DELIVERY_TIMEOUT"))
 
-    def send(self, subscription_name: str, changes: list[str]) -> None:
+    def send(
+        self,
+        subscription_name: str,
+        changes: list[str],
+        heads: list[tuple[str, str]] | None = None,
+    ) -> None:
         """Publish ``changes`` (change JSON texts) in order; return once the broker confirmed
-        them all. Raises :class:`SinkError` (masked) on any failure."""
+        them all. ``heads``: each change's position and topic when the caller has them
+        (read from the JSON otherwise). Raises :class:`SinkError` (masked) on any failure."""
+        if not heads:
+            heads = [change_fields(change) for change in changes]
         try:
             if self.connected and time.monotonic() - self.last_used > IDLE_PROBE:
                 if not self._alive():
@@ -189,7 +197,7 @@ class Sink(ABC):
                 ssrf.check_target(bare)  # the host may resolve elsewhere by now
                 self._connect()
                 self.connected = True
-            self._publish(subscription_name, changes)
+            self._publish(subscription_name, changes, heads)
             self.last_used = time.monotonic()
         except Exception as error:  # noqa: BLE001 - any failure loses the connection and the attempt
             self.close()
@@ -221,8 +229,11 @@ class Sink(ABC):
         """Open the connection."""
 
     @abstractmethod
-    def _publish(self, subscription_name: str, changes: list[str]) -> None:
-        """Publish the batch on the open connection and wait for its confirmations."""
+    def _publish(
+        self, subscription_name: str, changes: list[str], heads: list[tuple[str, str]]
+    ) -> None:
+        """Publish the batch on the open connection and wait for its confirmations;
+        ``heads``: each change's position and topic."""
 
     @abstractmethod
     def _alive(self) -> bool:

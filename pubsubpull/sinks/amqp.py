@@ -22,7 +22,7 @@ import pika
 import pika.exceptions
 
 from . import Sink as BaseSink
-from . import change_fields, query
+from . import query
 
 EXCHANGE = re.compile(r"[-A-Za-z0-9_.:]{1,255}")
 
@@ -67,9 +67,10 @@ class Sink(BaseSink):
         self.channel.confirm_delivery()
         self.channel.exchange_declare(self.config.exchange, "topic", durable=True)
 
-    def _publish(self, subscription_name: str, changes: list[str]) -> None:
-        for change in changes:
-            position, topic = change_fields(change)
+    def _publish(
+        self, subscription_name: str, changes: list[str], heads: list[tuple[str, str]]
+    ) -> None:
+        for change, (position, topic) in zip(changes, heads, strict=True):
             # confirm mode: returns once the broker confirmed it; NackError if it refused
             self.channel.basic_publish(
                 self.config.exchange,

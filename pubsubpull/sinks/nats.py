@@ -26,7 +26,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import NoStreamResponseError
 
 from . import Sink as BaseSink
-from . import change_fields, query
+from . import query
 
 SUBJECT_PREFIX = re.compile(r"[-A-Za-z0-9_]+(\.[-A-Za-z0-9_]+)*")
 
@@ -90,15 +90,16 @@ class Sink(BaseSink):
         assert self.client is not None
         self.stream = self.client.jetstream(timeout=self.timeout)
 
-    def _publish(self, subscription_name: str, changes: list[str]) -> None:
-        self._run(self._publish_batch(changes))
+    def _publish(
+        self, subscription_name: str, changes: list[str], heads: list[tuple[str, str]]
+    ) -> None:
+        self._run(self._publish_batch(changes, heads))
 
-    async def _publish_batch(self, changes: list[str]) -> None:
+    async def _publish_batch(self, changes: list[str], heads: list[tuple[str, str]]) -> None:
         stream = self.stream
         assert stream is not None
         acks = []
-        for change in changes:
-            position, topic = change_fields(change)
+        for change, (position, topic) in zip(changes, heads, strict=True):
             acks.append(
                 await stream.publish_async(
                     f"{self.config.subject}.{topic}",

@@ -19,7 +19,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from . import Sink as BaseSink
-from . import change_fields, query
+from . import query
 
 PARAMETERS = {"stream", "maxlen"}
 
@@ -71,12 +71,13 @@ class Sink(BaseSink):
         )
         self.client.ping()
 
-    def _publish(self, subscription_name: str, changes: list[str]) -> None:
+    def _publish(
+        self, subscription_name: str, changes: list[str], heads: list[tuple[str, str]]
+    ) -> None:
         assert self.client is not None
         # transaction=False: a pipeline, not MULTI/EXEC; entries land in order either way
         pipeline = self.client.pipeline(transaction=False)
-        for change in changes:
-            position, topic = change_fields(change)
+        for change, (position, topic) in zip(changes, heads, strict=True):
             pipeline.xadd(
                 self.config.stream,
                 {"id": position, "topic": topic, "body": change},

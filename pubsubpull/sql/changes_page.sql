@@ -6,7 +6,8 @@
 -- the filter still sees).
 -- The first row always comes, with the horizon and, when the scan limit cut the read
 -- short, the position of the last change it examined; page rows follow it (LEFT JOIN),
--- each with its position's txid and id (apart: parsing them costs the reader nothing).
+-- each with its position's txid and id and its topic (apart from the JSON: a reader
+-- needs no parsing for them).
 -- Performance: "candidates" has no ORDER BY and compares txid with a scalar subquery, so
 -- PostgreSQL folds it into "page" and walks the (txid, id) index up to the LIMIT; an
 -- ORDER BY here (or a join with horizon) made it build the JSON of every change after
@@ -28,7 +29,7 @@ WITH horizon AS (
     OFFSET %(scan_limit)s::int - 1
     LIMIT 1
 ), candidates AS (
-    SELECT s.txid, s.id, pubsubpull_change_json(s.change) AS doc
+    SELECT s.txid, s.id, (s.change).topic, pubsubpull_change_json(s.change) AS doc
     FROM selected s
     WHERE NOT EXISTS (SELECT FROM scan_end)
        OR (s.txid, s.id) <= (SELECT e.txid, e.id FROM scan_end e)
@@ -39,7 +40,7 @@ WITH horizon AS (
     LIMIT %(limit)s
 )
 SELECT h.xmin::text, (SELECT e.txid::text || '-' || e.id::text FROM scan_end e),
-       p.txid::text, p.id,
+       p.txid::text, p.id, p.topic,
        CASE WHEN %(thin)s::boolean THEN (p.doc::jsonb - 'old' - 'new')::text ELSE p.doc::text END
 FROM horizon h
 LEFT JOIN page p ON true
