@@ -462,29 +462,15 @@ def record(
     """
     flight = part_of or batch
     now = timezone.now()
-    _log_attempt(subscription, batch, attempt)
+    log_attempt(subscription, batch, attempt)
     with transaction.atomic():
-        Delivery.objects.create(
-            subscription=subscription,
-            batch_id=batch.id,
-            first=str(batch.first),
-            last=str(batch.last),
-            count=len(batch.changes),
-            status_code=attempt.status_code,
-            error=attempt.error,
-            duration=attempt.duration,
-            request_headers=attempt.request_headers,
-            response_headers=attempt.response_headers,
-            response_body=attempt.response_body,
-            sent=attempt.sent,
-            answered=attempt.answered,
-        )
+        attempt_row(subscription, batch, attempt).save()
         # Only the batch this attempt sent: a PUT that replayed or replaced the
         # subscription meanwhile wins.
         in_flight = Subscription.objects.filter(pk=subscription.pk, batch_id=flight.id)
         if attempt.ok and batch.last < flight.last:
             if in_flight.delivered_change(batch.last, now):
-                _recovered(subscription)
+                recovered(subscription)
             return now
         if attempt.ok:
             # ``then`` goes in flight only under the terms it was read with; the instance
@@ -492,15 +478,34 @@ def record(
             if then is not None and in_flight.as_loaded(subscription).delivered(
                 flight.last, now, then=then
             ):
-                _recovered(subscription)
+                recovered(subscription)
                 subscription.delivered(flight.last, now, then=then)
             elif in_flight.delivered(flight.last, now):
-                _recovered(subscription)
+                recovered(subscription)
             return now
         return _fail(in_flight, subscription, attempt, now)
 
 
-def _log_attempt(subscription: Subscription, batch: Batch, attempt: Attempt) -> None:
+def attempt_row(subscription: Subscription, batch: Batch, attempt: Attempt) -> Delivery:
+    """The attempt log's row of one attempt (not saved)."""
+    return Delivery(
+        subscription=subscription,
+        batch_id=batch.id,
+        first=str(batch.first),
+        last=str(batch.last),
+        count=len(batch.changes),
+        status_code=attempt.status_code,
+        error=attempt.error,
+        duration=attempt.duration,
+        request_headers=attempt.request_headers,
+        response_headers=attempt.response_headers,
+        response_body=attempt.response_body,
+        sent=attempt.sent,
+        answered=attempt.answered,
+    )
+
+
+def log_attempt(subscription: Subscription, batch: Batch, attempt: Attempt) -> None:
     """Count the attempt (metrics) and log it with its fields, never a header value."""
     metrics.delivery_attempt(subscription, attempt.ok, attempt.duration, len(batch.changes))
     label = metrics.subscription_label(subscription)
@@ -566,7 +571,7 @@ def _fail(
     return when
 
 
-def _recovered(subscription: Subscription) -> None:
+def recovered(subscription: Subscription) -> None:
     """After a delivered batch: if the subscription was failing or disabled, it is no
     longer down, and operators are told. In a transaction."""
     if subscription.down_since is None:

@@ -191,8 +191,9 @@ class SubscriptionQuerySet(models.QuerySet["Subscription"]):
 
     def set_terms(self, **terms: Any) -> int:
         """Change the target, topics or filter: the batch in flight, read under the old
-        terms, is dropped."""
-        return self.update(**terms, **_NO_BATCH)
+        terms, is dropped, and ``updated`` moves (as a save does: a sender that loaded the
+        old terms sees it, :meth:`as_loaded`)."""
+        return self.update(**terms, **_NO_BATCH, updated=Now())
 
     def delivered_change(self, position: Position, at: datetime) -> int:
         """One change of the batch in flight, at ``position``, was delivered ``at`` (the
@@ -208,7 +209,8 @@ class SubscriptionQuerySet(models.QuerySet["Subscription"]):
 
     def as_loaded(self, subscription: Subscription) -> SubscriptionQuerySet:
         """Only if still active and not saved since ``subscription`` was loaded (a PUT saves
-        it; pause, replay and new terms change its status or its batch)."""
+        it, :meth:`set_terms` moves ``updated`` too; pause and replay change its status or
+        its batch)."""
         return self.filter(status=Subscription.Status.ACTIVE, updated=subscription.updated)
 
 

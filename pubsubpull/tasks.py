@@ -1,8 +1,9 @@
 """Procrastinate jobs: the edge between the job framework and :mod:`pubsubpull.delivery`.
 
-- ``pubsubpull.dispatch`` finds subscriptions with changes waiting and queues their
-  delivery. Each worker process's wake-up watcher (:mod:`pubsubpull.worker`) queues it
-  whenever new changes become visible; the periodic sweep (every
+- ``pubsubpull.dispatch`` finds subscriptions with changes waiting and delivers to them:
+  the caught-up ones in one round (:mod:`pubsubpull.rounds`), the others by queueing
+  their delivery jobs. Each worker process's wake-up watcher (:mod:`pubsubpull.worker`)
+  queues it whenever new changes become visible; the periodic sweep (every
   ``SWEEP_INTERVAL`` seconds, read when the worker starts) in case a wake-up was missed.
   Nothing is queued from inside a writer's transaction. At most one waits (queueing
   lock); two may run at once, harmlessly.
@@ -24,7 +25,7 @@ from procrastinate import exceptions
 from procrastinate.contrib.django import app
 from procrastinate.jobs import Status
 
-from . import conf, delivery, fanout, local_subscribers, prune
+from . import conf, delivery, fanout, local_subscribers, prune, rounds
 from .sql import load
 
 QUEUE = "pubsubpull"
@@ -54,9 +55,10 @@ def subscription_lock(subscription_id: int) -> str:
     return f"pubsubpull.subscription.{subscription_id}"
 
 
-def defer_delivery(subscription_id: int, at: datetime | None = None) -> bool:
+def defer_delivery(subscription_id: int, at: datetime | None = None, alone: bool = False) -> bool:
     """Queue the delivery of a subscription (now, or at ``at``) unless one is waiting;
-    whether it queued one.
+    whether it queued one. ``alone``: not to be taken over by a delivery round (a backlog
+    to drain pipelined, a failure to retry, ...; :mod:`rounds`).
 
     No Procrastinate ``lock``: one sender at a time is :func:`delivery.claimed`'s job. A
     job queued behind a Procrastinate lock waits for the worker's next poll (5 s) after
@@ -66,7 +68,7 @@ def defer_delivery(subscription_id: int, at: datetime | None = None) -> bool:
     try:
         deliver.configure(
             queueing_lock=subscription_lock(subscription_id), schedule_at=schedule_at
-        ).defer(subscription_id=subscription_id)
+        ).defer(subscription_id=subscription_id, **({"alone": True} if alone else {}))
     except exceptions.AlreadyEnqueued:
         return False  # the waiting job will see the changes too
     return True
@@ -95,8 +97,17 @@ def wake_on_commit(subscription_ids: list[int]) -> None:
 
 
 @app.task(name=DELIVER, queue=QUEUE)
-def deliver(subscription_id: int) -> None:
-    """Deliver the next batches of one subscription and queue what follows."""
+def deliver(subscription_id: int, alone: bool = False) -> None:
+    """Deliver the next batches of one subscription and queue what follows. Queued not
+    ``alone`` (see :func:`defer_delivery`), it delivers in a round (:mod:`rounds`), with
+    the other subscriptions whose delivery jobs wait."""
+    if not alone:
+        try:
+            _hand_off(rounds.deliver([subscription_id]))
+        except (OperationalError, InterfaceError) as error:
+            logger.warning("pubsubpull delivery round met a database error: %s", error)
+            _defer_or_leave_to_sweep(subscription_id, timezone.now() + DATABASE_RETRY, True)
+        return
     # Batch after batch while more wait, for up to JOB_SECONDS and while no other job
     # waits: the cost of a job (fetch, finish, defer, and a database connection unless
     # CONN_MAX_AGE keeps it) is paid once per turn, not per batch. The claim stays held:
@@ -117,6 +128,7 @@ def deliver(subscription_id: int) -> None:
         return not others
 
     again: datetime | None = None
+    caught_up = False
     try:
         with delivery.claimed(subscription_id) as claimed:
             if not claimed:
@@ -125,8 +137,10 @@ def deliver(subscription_id: int) -> None:
                 again = delivery.deliver(subscription_id, more)
                 if again is None or again > timezone.now() or not more():
                     break
-        if again is None and delivery.has_work(subscription_id):
-            # Changes came while we held the claim, and their wake-up found it taken.
+        caught_up = again is None
+        if caught_up and delivery.has_work(subscription_id):
+            # Changes came while we held the claim, and their wake-up found it taken: a
+            # job a delivery round may take over, with other subscriptions'.
             again = timezone.now()
     except (OperationalError, InterfaceError) as error:
         # The database went away mid-job (restart, terminated connection). Nothing is
@@ -140,7 +154,13 @@ def deliver(subscription_id: int) -> None:
         )
         again = timezone.now() + DATABASE_RETRY
     if again is not None:
-        _defer_or_leave_to_sweep(subscription_id, again)
+        _defer_or_leave_to_sweep(subscription_id, again, alone=not caught_up)
+
+
+def _hand_off(jobs: rounds.Jobs) -> None:
+    """Queue the delivery jobs a round left subscriptions to."""
+    for subscription_id, handoff in jobs.items():
+        defer_delivery(subscription_id, handoff.at, handoff.alone)
 
 
 def _others_waiting() -> bool:
@@ -163,9 +183,9 @@ def _waiting_deliveries() -> set[int]:
         return {int(lock[len(prefix) :]) for (lock,) in cursor.fetchall()}
 
 
-def _defer_or_leave_to_sweep(subscription_id: int, at: datetime) -> None:
+def _defer_or_leave_to_sweep(subscription_id: int, at: datetime, alone: bool) -> None:
     try:
-        defer_delivery(subscription_id, at)
+        defer_delivery(subscription_id, at, alone)
     except Exception as error:  # noqa: BLE001 - the database is still away: the watcher
         # queues a dispatch when it reconnects, and the sweep is the safety net
         logger.warning("pubsubpull could not queue delivery of %s: %s", subscription_id, error)
@@ -174,9 +194,10 @@ def _defer_or_leave_to_sweep(subscription_id: int, at: datetime) -> None:
 @app.periodic(cron=_cron(conf.settings.SWEEP_INTERVAL), periodic_id="sweep")
 @app.task(name=DISPATCH, queue=QUEUE, queueing_lock=DISPATCH)
 def dispatch(timestamp: int | None = None) -> None:
-    """Queue the delivery of the subscriptions with visible changes waiting: after a
-    wake-up, those whose topics match the newly visible changes (:mod:`fanout`); in the
-    periodic sweep (``timestamp`` given) and a process's first dispatch, every one."""
+    """Deliver to the subscriptions with visible changes waiting: after a wake-up, those
+    whose topics match the newly visible changes (:mod:`fanout`); in the periodic sweep
+    (``timestamp`` given) and a process's first dispatch, every one. Those caught up get
+    their batches in a round (:mod:`rounds`), the others a delivery job each."""
     try:
         local_subscribers.sync()
         concerned = fanout.concerned() if timestamp is None else None
@@ -187,8 +208,10 @@ def dispatch(timestamp: int | None = None) -> None:
             due = [subscription_id for subscription_id in concerned if subscription_id not in busy]
         else:
             due = []
-        for subscription_id in due:
-            defer_delivery(subscription_id)
+        # caught-up subscriptions get their batches in one round (pubsubpull.rounds),
+        # with those whose delivery jobs wait; a backlog, a batch in flight, a retry get
+        # a delivery job of their own
+        _hand_off(rounds.deliver(due))
     except (OperationalError, InterfaceError) as error:
         # The database went away: the watcher queues a dispatch when it reconnects, which
         # then looks at every subscription (what this one found may not be queued).

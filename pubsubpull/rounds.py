@@ -1,0 +1,300 @@
+"""Delivery rounds: the new changes of a wake-up to many caught-up subscriptions at once.
+
+A wake-up's dispatch knows which subscriptions new changes concern (:mod:`fanout`); most
+are caught up and get a small batch each. A delivery job per subscription costs a job and
+a dozen queries each, so 20 subscriptions at 200 changes/s kept a worker's slots busy and
+10,000 never caught up. A round serves them all with a few queries, whatever their number:
+
+1. claim them (one query; one another sender holds is left to it: it looks for new
+   changes when it lets go),
+2. load them (one query) and keep those a round may serve: active, nothing in flight, no
+   failure pending, no filter, batches to a webhook or a broker, not slow lately; the
+   others get a delivery job, as before,
+3. read one page per group of subscriptions that read the same (owner, topics, payload,
+   batch size, cursor),
+4. put every batch in flight (one query) and send them all at once (:data:`SENDERS`),
+5. record the answers as they come (the 2xx of a wave in one transaction; a failure as a
+   job records it), and let go of those claims,
+6. look, one read per group, for changes that became visible meanwhile, whose own
+   wake-up found these subscriptions claimed: those get a delivery job.
+
+The guarantees of delivery jobs hold: one batch in flight per subscription (claimed and
+marked as a job does), the cursor moved only by a 2xx, a stable ``webhook-id``; a batch
+whose recording was lost stays in flight and its job resends it. A round is the first turn
+of many jobs, done together; a backlog, a retry and a failure go on in jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db import DatabaseError, connection, transaction
+from django.utils import timezone
+
+from . import reads
+from .delivery import (
+    CLAIMS,
+    SENDERS,
+    Attempt,
+    Batch,
+    attempt_row,
+    is_standard,
+    log_attempt,
+    pending,
+    record,
+    recovered,
+    send,
+)
+from .delivery import _new_batch as new_batch
+from .models import Delivery, Subscription
+from .positions import Position
+from .sql import load
+
+#: A send that took longer (seconds) leaves its subscription to delivery jobs of its own for
+#: :data:`SLOW_FOR` seconds: a slow target holds no round back (a failed one has failures).
+SLOW_SEND = 0.25
+SLOW_FOR = 60.0
+#: Seconds a round waits, once a send came back, for others to record with it.
+WAVE = 0.005
+#: Waiting delivery jobs one round takes over at most.
+TAKEN_AT_MOST = 10_000
+_slow: dict[int, float] = {}  # subscription id -> until when (monotonic) it is left to jobs
+_slow_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """The delivery job a round leaves a subscription to."""
+
+    at: datetime
+    alone: bool = True  # not for a round to take over: a backlog, a failure, a filter...
+
+
+Jobs = dict[int, Handoff]
+
+
+def deliver(subscription_ids: list[int]) -> Jobs:
+    """Deliver the new changes of these subscriptions, and of those whose delivery jobs
+    wait to run now (taken over: :data:`TAKEN_AT_MOST`), in one round; returns the
+    subscriptions that need a delivery job, and when (now, or a retry's time)."""
+    jobs: Jobs = {}
+    claimed = _claim(list(dict.fromkeys([*subscription_ids, *_take_waiting()])))
+    try:
+        served = _servable(claimed, jobs)
+        _release(set(claimed) - {s.pk for s in served})
+        claimed = [s.pk for s in served]
+        batches = _read(_groups(served), jobs)
+        marked = _mark(batches)
+        unmarked = {s.pk for s, _ in batches} - marked
+        # paused, replayed or replaced meanwhile: its job sees what became of it
+        jobs.update((pk, Handoff(timezone.now())) for pk in unmarked)
+        _release(unmarked)
+        claimed = [s.pk for s, _ in batches if s.pk in marked]
+        _send([(s, b) for s, b in batches if s.pk in marked], jobs, claimed)
+    finally:
+        _release(claimed)
+    _look_again([s for s in served if s.pk not in jobs], jobs)
+    return jobs
+
+
+def _take_waiting() -> list[int]:
+    """The subscriptions of the delivery jobs waiting to run now that a round may take
+    over (queued without ``alone``); their jobs are deleted."""
+    from .tasks import DELIVER, QUEUE  # the job framework's names; rounds stay plain
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            load("take_waiting_deliveries"),
+            {"queue": QUEUE, "task": DELIVER, "limit": TAKEN_AT_MOST},
+        )
+        return [int(row[0]) for row in cursor.fetchall() if row[0] is not None]
+
+
+def _claim(subscription_ids: list[int]) -> list[int]:
+    with connection.cursor() as cursor:
+        cursor.execute(load("round_claim"), {"ids": subscription_ids, "claims": CLAIMS})
+        return [int(row[0]) for row in cursor.fetchall()]
+
+
+def _release(subscription_ids: Iterable[int]) -> None:
+    ids = list(subscription_ids)
+    if not ids:
+        return
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(load("round_release"), {"ids": ids, "claims": CLAIMS})
+    except DatabaseError:
+        connection.close()  # a session kept by CONN_MAX_AGE must not keep the claims
+
+
+def is_slow(subscription_id: int) -> bool:
+    """Whether a round's send to it was slow lately (:data:`SLOW_SEND`)."""
+    with _slow_lock:
+        until = _slow.get(subscription_id)
+        if until is not None and until <= time.monotonic():
+            del _slow[subscription_id]
+            until = None
+        return until is not None
+
+
+def _servable(claimed: list[int], jobs: Jobs) -> list[Subscription]:
+    """The claimed subscriptions a round serves; a job (now) for the other active ones
+    that may send now (its job reads, retries or records what a round does not)."""
+    now = timezone.now()
+    served = []
+    for subscription in Subscription.objects.select_related("owner").filter(pk__in=claimed):
+        if subscription.status != Subscription.Status.ACTIVE:
+            continue
+        if subscription.next_attempt and subscription.next_attempt > now:
+            continue  # its retry is queued for then
+        if (
+            subscription.batch_id
+            or subscription.failures
+            or subscription.filter
+            or subscription.is_local
+            or is_standard(subscription)
+            or is_slow(subscription.pk)
+        ):
+            jobs[subscription.pk] = Handoff(now)
+        else:
+            served.append(subscription)
+    return served
+
+
+Group = list[Subscription]
+
+
+def _groups(subscriptions: list[Subscription]) -> list[Group]:
+    """Subscriptions that read the same page, together."""
+    groups: dict[tuple[Any, ...], Group] = {}
+    for s in subscriptions:
+        key = (s.owner_id, json.dumps(s.topics), s.payload, s.batch_size, s.cursor)
+        groups.setdefault(key, []).append(s)
+    return list(groups.values())
+
+
+def _read(groups: list[Group], jobs: Jobs) -> list[tuple[Subscription, Batch]]:
+    """A new batch for each subscription with changes waiting: one page read per group.
+    A caught-up group's cursors move up to the horizon, as a job's read moves one."""
+    batches: list[tuple[Subscription, Batch]] = []
+    for group in groups:
+        first = group[0]
+        try:
+            page = pending(first, first.batch_size)
+        except reads.QueryFailed:  # its topics took too long: jobs record the failure
+            jobs.update((s.pk, Handoff(timezone.now())) for s in group)
+            continue
+        if page.results:
+            batches += [(s, new_batch(s, page)) for s in group]
+            continue
+        after = Position.parse(first.cursor)
+        cursor = page.cursor(after, first.batch_size)
+        if cursor != after:
+            Subscription.objects.filter(pk__in=[s.pk for s in group], cursor=first.cursor).update(
+                cursor=str(cursor)
+            )
+            for s in group:
+                s.cursor = str(cursor)
+    return batches
+
+
+def _mark(batches: list[tuple[Subscription, Batch]]) -> set[int]:
+    """Put the batches in flight where nothing changed since the round loaded the
+    subscription; the ids marked."""
+    if not batches:
+        return set()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            load("round_mark"),
+            {
+                "ids": [s.pk for s, _ in batches],
+                "batch_ids": [b.id for _, b in batches],
+                "ends": [str(b.last) for _, b in batches],
+                "cursors": [s.cursor for s, _ in batches],
+                "updated": [s.updated for s, _ in batches],
+            },
+        )
+        return {int(row[0]) for row in cursor.fetchall()}
+
+
+def _send(batches: list[tuple[Subscription, Batch]], jobs: Jobs, claimed: list[int]) -> None:
+    """Send every batch at once; record the answers in waves as they come, letting go of
+    each wave's claims (``claimed`` keeps those still held)."""
+    sending: dict[Future[Attempt], tuple[Subscription, Batch]] = {
+        SENDERS.submit(send, s, b): (s, b) for s, b in batches
+    }
+    waiting = set(sending)
+    while waiting:
+        done, waiting = wait(waiting, return_when=FIRST_COMPLETED)
+        if waiting:  # those answering about as fast go in the same transaction
+            more, waiting = wait(waiting, timeout=WAVE)
+            done |= more
+        wave = [(*sending[future], future.result()) for future in done]
+        _record(wave, jobs)
+        recorded = {s.pk for s, _, _ in wave}
+        _release(recorded)
+        claimed[:] = [pk for pk in claimed if pk not in recorded]
+
+
+def _record(wave: list[tuple[Subscription, Batch, Attempt]], jobs: Jobs) -> None:
+    """Store a wave's attempts: the 2xx in one transaction that moves their cursors, each
+    failure as a job records it (its retry time is its job's)."""
+    now = timezone.now()
+    delivered = [(s, b, a) for s, b, a in wave if a.ok]
+    for s, b, a in wave:
+        if a.duration.total_seconds() > SLOW_SEND:
+            with _slow_lock:
+                _slow[s.pk] = time.monotonic() + SLOW_FOR
+        if not a.ok:
+            when = record(s, b, a)
+            if when is not None:
+                jobs[s.pk] = Handoff(when)
+    if not delivered:
+        return
+    for s, b, a in delivered:
+        log_attempt(s, b, a)
+    with transaction.atomic():
+        Delivery.objects.bulk_create([attempt_row(s, b, a) for s, b, a in delivered])
+        with connection.cursor() as cursor:
+            cursor.execute(
+                load("round_delivered"),
+                {
+                    "ids": [s.pk for s, _, _ in delivered],
+                    "batch_ids": [b.id for _, b, _ in delivered],
+                    "lasts": [str(b.last) for _, b, _ in delivered],
+                    "at": now,
+                },
+            )
+            moved = {int(row[0]) for row in cursor.fetchall()}
+        for s, b, _ in delivered:
+            if s.pk not in moved or b.backlog:
+                # replayed or replaced meanwhile (its job reads afresh), or more waits
+                # (its job drains it, pipelined)
+                jobs[s.pk] = Handoff(now)
+            if s.pk in moved:
+                recovered(s)
+                s.delivered(b.last, now)
+
+
+def _look_again(subscriptions: list[Subscription], jobs: Jobs) -> None:
+    """A delivery job for those of ``subscriptions`` (as the round left them) with changes
+    visible now past their cursor: their own wake-up may have found them claimed. The
+    next round takes these jobs over (they are not ``alone``)."""
+    for group in _groups(subscriptions):
+        first = group[0]
+        labels, events = reads.scope(first.owner)
+        try:
+            waiting = reads.count_changes(
+                labels, Position.parse(first.cursor), list(first.topics), 1, events=events
+            )
+        except reads.QueryFailed:
+            waiting = 1  # its job finds out
+        if waiting:
+            jobs.update((s.pk, Handoff(timezone.now(), alone=False)) for s in group)

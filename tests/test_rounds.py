@@ -1,0 +1,295 @@
+"""Delivery rounds: the new changes of many caught-up subscriptions in one round, with one
+page read per group of subscriptions that read the same, their batches sent at once.
+
+The round is called here directly (a dispatch and a delivery job call it the same way),
+against a real loopback receiver and real Procrastinate job rows.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.db import connection, connections
+from django.test import Client, override_settings
+from django.test.utils import CaptureQueriesContext
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from pubsubpull import delivery, reads, rounds, tasks
+from pubsubpull.models import Delivery, Subscription
+from pubsubpull.positions import Position
+from test_project.shop.models import Customer, Order
+from tests.delivery_helpers import Receiver, put
+
+pytestmark = pytest.mark.django_db(transaction=True)
+SETTINGS = {
+    "ALLOWED_TARGETS": ["http://localhost:", "http://127.0.0.1:"],
+    "RETRY_SCHEDULE": [30.0],
+}
+
+
+@pytest.fixture(autouse=True)
+def no_slow_marks() -> Iterator[None]:
+    rounds._slow.clear()
+    yield
+    rounds._slow.clear()
+
+
+def subscribe(
+    api: Client, httpserver: HTTPServer, name: str, receiver: Any, **body: Any
+) -> Subscription:
+    path = f"/{name}"
+    httpserver.expect_request(path, method="PUT").respond_with_handler(receiver)
+    put(api, name, {"target": httpserver.url_for(path), **body}, status=201)
+    return Subscription.objects.get(name=name)
+
+
+def waiting_jobs() -> dict[int, dict[str, Any]]:
+    """The delivery jobs waiting, by subscription id: their arguments."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT args FROM procrastinate_jobs WHERE task_name = %s AND status = 'todo'",
+            [tasks.DELIVER],
+        )
+        found = [json.loads(args) for (args,) in cursor.fetchall()]  # jsonb comes as text
+        return {args["subscription_id"]: args for args in found}
+
+
+def visible(count: int) -> None:
+    """Wait until ``count`` changes are below the horizon (their transactions ended)."""
+    labels, events = reads.scope(None)
+    deadline = time.monotonic() + 10
+    while len(reads.changes_page(labels, Position(0, 0), [], 1000, events=events).results) < count:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def page_reads(queries: CaptureQueriesContext) -> int:
+    return sum("pubsubpull_change_json" in q["sql"] for q in queries.captured_queries)
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
+def test_one_round_delivers_to_every_subscription_with_one_read_per_group(
+    api: Client, httpserver: HTTPServer
+) -> None:
+    customers = [Receiver() for _ in range(5)]
+    orders = Receiver()
+    cursor = str(reads.now())  # caught up together: one cursor
+    subscriptions = [
+        subscribe(api, httpserver, f"c{i}", r, topics=["shop.customer.*"], cursor=cursor)
+        for i, r in enumerate(customers)
+    ]
+    subscriptions.append(
+        subscribe(api, httpserver, "o", orders, topics=["shop.order.*"], cursor=cursor)
+    )
+    for i in range(3):
+        Customer.objects.create(name=f"n{i}")
+    visible(3)
+
+    with CaptureQueriesContext(connection) as queries:
+        jobs = rounds.deliver([s.pk for s in subscriptions])
+
+    assert jobs == {}  # all caught up, nothing left to a job
+    for receiver in customers:
+        assert [c["new"]["name"] for c in receiver.changes()] == ["n0", "n1", "n2"]
+        assert len(receiver.requests) == 1
+    assert orders.requests == []
+    assert page_reads(queries) == 2  # one page per group: the customers', the orders'
+    for s in subscriptions[:5]:
+        s.refresh_from_db()
+        assert s.batch_id == "" and s.failures == 0
+        assert s.cursor == customers[0].changes()[-1]["id"]
+    assert Delivery.objects.filter(status_code=204).count() == 5
+    assert waiting_jobs() == {}  # the PUTs' wake-up jobs were taken over
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
+def test_a_backlog_is_left_to_a_job_of_its_own(api: Client, httpserver: HTTPServer) -> None:
+    receiver = Receiver()
+    subscription = subscribe(api, httpserver, "b", receiver, batch_size=2)
+    for i in range(5):
+        Customer.objects.create(name=f"n{i}")
+    visible(5)
+
+    jobs = rounds.deliver([subscription.pk])
+
+    assert [c["new"]["name"] for c in receiver.changes()] == ["n0", "n1"]
+    assert jobs[subscription.pk].alone  # drained pipelined by its job, not by rounds
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
+def test_a_failing_target_is_recorded_and_retried_alone_the_others_delivered(
+    api: Client, httpserver: HTTPServer
+) -> None:
+    healthy, failing = Receiver(), Receiver(statuses=[500])
+    good = subscribe(api, httpserver, "good", healthy)
+    bad = subscribe(api, httpserver, "bad", failing)
+    Customer.objects.create(name="n0")
+    visible(1)
+
+    jobs = rounds.deliver([good.pk, bad.pk])
+
+    assert len(healthy.changes()) == 1 and len(failing.requests) == 1
+    bad.refresh_from_db()
+    assert bad.failures == 1 and bad.batch_id  # the batch stays in flight for its retry
+    assert jobs[bad.pk].alone and jobs[bad.pk].at == bad.next_attempt
+    assert good.pk not in jobs
+    assert Delivery.objects.get(subscription=bad).status_code == 500
+
+    # its retry is a job's: a round leaves a subscription with failures to it
+    Subscription.objects.filter(pk=bad.pk).update(next_attempt=None)
+    assert rounds.deliver([bad.pk])[bad.pk].alone
+    assert len(failing.requests) == 1
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
+def test_a_subscription_another_sender_holds_is_left_to_it(
+    api: Client, httpserver: HTTPServer
+) -> None:
+    receiver = Receiver()
+    subscription = subscribe(api, httpserver, "held", receiver)
+    Customer.objects.create(name="n0")
+    visible(1)
+    held, release = threading.Event(), threading.Event()
+
+    def sender() -> None:
+        try:
+            with delivery.claimed(subscription.pk) as claimed:
+                assert claimed
+                held.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    try:
+        assert held.wait(10)
+        assert rounds.deliver([subscription.pk]) == {}  # its sender looks again after
+        assert receiver.requests == []
+    finally:
+        release.set()
+        thread.join()
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
+def test_waiting_jobs_are_taken_over_but_not_those_queued_alone(
+    api: Client, httpserver: HTTPServer
+) -> None:
+    shared, alone = Receiver(), Receiver()
+    taken = subscribe(api, httpserver, "taken", shared)
+    kept = subscribe(api, httpserver, "kept", alone)
+    rounds.deliver([])  # the PUTs' jobs
+    Customer.objects.create(name="n0")
+    visible(1)
+    assert tasks.defer_delivery(taken.pk)
+    assert tasks.defer_delivery(kept.pk, alone=True)
+
+    rounds.deliver([])  # as a dispatch with nothing new, or another job's round
+
+    assert len(shared.changes()) == 1 and alone.requests == []
+    assert waiting_jobs() == {kept.pk: {"subscription_id": kept.pk, "alone": True}}
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
+def test_a_subscription_paused_after_its_read_is_not_sent(
+    api: Client, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paused, other = Receiver(), Receiver()
+    first = subscribe(api, httpserver, "first", paused)
+    second = subscribe(api, httpserver, "second", other)
+    Customer.objects.create(name="n0")
+    visible(1)
+    read = rounds._read
+
+    def read_then_pause(*args: Any) -> Any:
+        batches = read(*args)
+        Subscription.objects.filter(pk=first.pk).pause()
+        return batches
+
+    monkeypatch.setattr(rounds, "_read", read_then_pause)
+    jobs = rounds.deliver([first.pk, second.pk])
+
+    assert paused.requests == [] and len(other.requests) == 1
+    first.refresh_from_db()
+    assert first.batch_id == "" and first.status == "paused"
+    assert jobs[first.pk].alone  # its job finds it paused and does nothing
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
+def test_changes_written_during_a_round_get_a_job_the_next_round_takes_over(
+    api: Client, httpserver: HTTPServer
+) -> None:
+    receiver = Receiver()
+
+    def write_meanwhile(request: Request) -> Response:
+        if not receiver.requests:
+            try:
+                Order.objects.create(customer=Customer.objects.create(name="late"), total=1)
+            finally:
+                connections.close_all()  # the server thread's own
+        return receiver(request)
+
+    subscription = subscribe(api, httpserver, "meanwhile", write_meanwhile)
+    Customer.objects.create(name="n0")
+    visible(1)
+
+    jobs = rounds.deliver([subscription.pk])
+
+    assert [c["new"].get("name") for c in receiver.changes()] == ["n0"]
+    assert not jobs[subscription.pk].alone  # the changes written meanwhile: next round's
+    tasks._hand_off(jobs)
+    rounds.deliver([])
+    assert [c["topic"] for c in receiver.changes()] == [
+        "shop.customer.insert",
+        "shop.customer.insert",
+        "shop.order.insert",
+    ]
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
+def test_a_slow_target_is_left_to_jobs_for_a_while(
+    api: Client, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rounds, "SLOW_SEND", 0.05)
+    receiver = Receiver(delay=0.1)
+    subscription = subscribe(api, httpserver, "slow", receiver)
+    Customer.objects.create(name="n0")
+    visible(1)
+
+    assert rounds.deliver([subscription.pk]) == {}
+    assert len(receiver.requests) == 1 and rounds.is_slow(subscription.pk)
+    Customer.objects.create(name="n1")
+    visible(2)
+    assert rounds.deliver([subscription.pk])[subscription.pk].alone
+    assert len(receiver.requests) == 1
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
+def test_a_round_never_sends_a_subscription_the_owner_may_not_see(
+    httpserver: HTTPServer, owner: User
+) -> None:
+    # two owners, the same topics and cursor: not one group (scope is the owner's)
+    from django.contrib.auth.models import Permission
+
+    viewer = User.objects.create_user("viewer")
+    viewer.user_permissions.add(*Permission.objects.filter(codename="view_order"))
+    both = Client()
+    both.force_login(owner)
+    orders_only = Client()
+    orders_only.force_login(viewer)
+    everything, orders = Receiver(), Receiver()
+    a = subscribe(both, httpserver, "all", everything, topics=["shop.#"])
+    b = subscribe(orders_only, httpserver, "orders", orders, topics=["shop.#"])
+    Customer.objects.create(name="n0")
+    visible(1)
+
+    rounds.deliver([a.pk, b.pk])
+
+    assert len(everything.changes()) == 1 and orders.requests == []
