@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from datetime import datetime
@@ -85,21 +84,19 @@ def deliver(subscription_ids: list[int]) -> Jobs:
     wait to run now (taken over: :data:`TAKEN_AT_MOST`), in one round; returns the
     subscriptions that need a delivery job, and when (now, or a retry's time)."""
     jobs: Jobs = {}
-    claimed = _claim(list(dict.fromkeys([*subscription_ids, *_take_waiting()])))
+    held: set[int] = set()  # the claims this round holds
     try:
-        served = _servable(claimed, jobs)
-        _release(set(claimed) - {s.pk for s in served})
-        claimed = [s.pk for s in served]
+        held.update(_claim(list(dict.fromkeys([*subscription_ids, *_take_waiting()]))))
+        served = _servable(held, jobs)
+        _let_go(held, held - {s.pk for s in served})
         batches = _read(_groups(served), jobs)
         marked = _mark(batches)
-        unmarked = {s.pk for s, _ in batches} - marked
         # paused, replayed or replaced meanwhile: its job sees what became of it
-        jobs.update((pk, Handoff(timezone.now())) for pk in unmarked)
-        _release(unmarked)
-        claimed = [s.pk for s, _ in batches if s.pk in marked]
-        _send([(s, b) for s, b in batches if s.pk in marked], jobs, claimed)
+        jobs.update((s.pk, Handoff(timezone.now())) for s, _ in batches if s.pk not in marked)
+        _let_go(held, held - marked)  # nothing to send, or not marked
+        _send([(s, b) for s, b in batches if s.pk in marked], jobs, held)
     finally:
-        _release(claimed)
+        _let_go(held, set(held))
     _look_again([s for s in served if s.pk not in jobs], jobs)
     return jobs
 
@@ -123,13 +120,14 @@ def _claim(subscription_ids: list[int]) -> list[int]:
         return [int(row[0]) for row in cursor.fetchall()]
 
 
-def _release(subscription_ids: Iterable[int]) -> None:
-    ids = list(subscription_ids)
-    if not ids:
+def _let_go(held: set[int], subscription_ids: set[int]) -> None:
+    """Let go of these claims (see round_claim.sql) and forget them in ``held``."""
+    held -= subscription_ids
+    if not subscription_ids:
         return
     try:
         with connection.cursor() as cursor:
-            cursor.execute(load("round_release"), {"ids": ids, "claims": CLAIMS})
+            cursor.execute(load("round_release"), {"ids": list(subscription_ids), "claims": CLAIMS})
     except DatabaseError:
         connection.close()  # a session kept by CONN_MAX_AGE must not keep the claims
 
@@ -144,7 +142,7 @@ def is_slow(subscription_id: int) -> bool:
         return until is not None
 
 
-def _servable(claimed: list[int], jobs: Jobs) -> list[Subscription]:
+def _servable(claimed: set[int], jobs: Jobs) -> list[Subscription]:
     """The claimed subscriptions a round serves; a job (now) for the other active ones
     that may send now (its job reads, retries or records what a round does not)."""
     now = timezone.now()
@@ -224,9 +222,9 @@ def _mark(batches: list[tuple[Subscription, Batch]]) -> set[int]:
         return {int(row[0]) for row in cursor.fetchall()}
 
 
-def _send(batches: list[tuple[Subscription, Batch]], jobs: Jobs, claimed: list[int]) -> None:
+def _send(batches: list[tuple[Subscription, Batch]], jobs: Jobs, held: set[int]) -> None:
     """Send every batch at once; record the answers in waves as they come, letting go of
-    each wave's claims (``claimed`` keeps those still held)."""
+    each wave's claims (``held``: those the round still holds)."""
     sending: dict[Future[Attempt], tuple[Subscription, Batch]] = {
         SENDERS.submit(send, s, b): (s, b) for s, b in batches
     }
@@ -238,9 +236,7 @@ def _send(batches: list[tuple[Subscription, Batch]], jobs: Jobs, claimed: list[i
             done |= more
         wave = [(*sending[future], future.result()) for future in done]
         _record(wave, jobs)
-        recorded = {s.pk for s, _, _ in wave}
-        _release(recorded)
-        claimed[:] = [pk for pk in claimed if pk not in recorded]
+        _let_go(held, {s.pk for s, _, _ in wave})
 
 
 def _record(wave: list[tuple[Subscription, Batch, Attempt]], jobs: Jobs) -> None:

@@ -293,3 +293,29 @@ def test_a_round_never_sends_a_subscription_the_owner_may_not_see(
     rounds.deliver([a.pk, b.pk])
 
     assert len(everything.changes()) == 1 and orders.requests == []
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
+def test_a_round_lets_go_of_every_claim_whatever_became_of_each(
+    api: Client, httpserver: HTTPServer
+) -> None:
+    # one with a batch, one with nothing to send, one paused, one with a backlog, one
+    # failing: none stays claimed by the round's session
+    sent, idle, paused, backlog, failing = (Receiver() for _ in range(5))
+    failing.statuses = [500]
+    subscriptions = [
+        subscribe(api, httpserver, "sent", sent, topics=["shop.customer.*"]),
+        subscribe(api, httpserver, "idle", idle, topics=["shop.order.*"]),
+        subscribe(api, httpserver, "paused", paused, status="paused"),
+        subscribe(api, httpserver, "backlog", backlog, batch_size=1),
+        subscribe(api, httpserver, "failing", failing),
+    ]
+    for i in range(2):
+        Customer.objects.create(name=f"n{i}")
+    visible(2)
+
+    rounds.deliver([s.pk for s in subscriptions])
+
+    assert len(sent.requests) == len(backlog.requests) == len(failing.requests) == 1
+    assert idle.requests == paused.requests == []
+    assert delivery.claimed_subscriptions() == set()
