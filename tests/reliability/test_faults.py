@@ -25,7 +25,6 @@ from asgiref.sync import async_to_sync
 from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
-from psycopg.types.json import Jsonb
 
 from pubsubpull import reads, tasks
 from pubsubpull.auth import create_token
@@ -62,7 +61,6 @@ BULK_RECEIVER_DELAY = 0.01  # the receiver answers each batch this late
 KILLS_AT = (10, 40, 70)  # test 1: SIGKILL while holding the answer to the request after these
 FORCED_KILL = 1  # ... this one while another delivery job of the subscription is queued
 DISPATCH_SUBSCRIPTIONS = 200  # test 2
-DISPATCH_BLOCKED_AT = 100  # the dispatch is killed while queueing this subscription's delivery
 DISPATCH_WRITES = 5  # customers written before the kill, and again after the restart
 TERMINATIONS = 3  # test 3: rounds of pg_terminate_backend on the worker and the web server
 TERMINATE_EVERY = 2.0
@@ -210,9 +208,8 @@ def test_worker_killed_during_dispatch_of_200_subscriptions(
     settings.PUBSUBPULL = {**settings.PUBSUBPULL, "MAX_SUBSCRIPTIONS": DISPATCH_SUBSCRIPTIONS}
     receiver = hooks(stack, HookServer())
     names = [f"s{i:03}" for i in range(DISPATCH_SUBSCRIPTIONS)]
-    ids = {
-        name: subscribe(api, name, {"target": receiver.url, "topics": CUSTOMERS}) for name in names
-    }
+    for name in names:
+        subscribe(api, name, {"target": receiver.url, "topics": CUSTOMERS})
     with connection.cursor() as cursor:  # only the dispatch may queue deliveries
         cursor.execute("DELETE FROM procrastinate_jobs WHERE queue_name = 'pubsubpull'")
     for i in range(DISPATCH_WRITES):
@@ -220,28 +217,25 @@ def test_worker_killed_during_dispatch_of_200_subscriptions(
     worker = Managed("worker", worker_command("--concurrency", "1"), url, tmp_path)
     stack.callback(worker.close)
 
-    # The dispatch queues deliveries in name order; an uncommitted delivery job of
-    # s100 holds its queueing lock, so the dispatch waits there: killed mid-dispatch.
-    lock = tasks.subscription_lock(ids[names[DISPATCH_BLOCKED_AT]])
-    with psycopg.connect(url) as blocker:
-        blocker.execute(
-            "INSERT INTO procrastinate_jobs (queue_name, task_name, lock, queueing_lock, args) "
-            "VALUES ('pubsubpull', 'pubsubpull.deliver', %s, %s, %s)",
-            (lock, lock, Jsonb({"subscription_id": ids[names[DISPATCH_BLOCKED_AT]]})),
-        )
-        worker.start()
-        wake()
-        wait_until(
-            lambda: backends_waiting(url, worker.application_name),
-            WITHIN,
-            "the dispatch to wait on the queueing lock",
-            check=alive(worker),
-        )
-        assert jobs(url, "status = 'doing' AND task_name = 'pubsubpull.dispatch'")
-        queued = jobs(url, "status = 'todo' AND task_name = 'pubsubpull.deliver'")
-        worker.kill()
-        blocker.rollback()
-    assert len(queued) == DISPATCH_BLOCKED_AT  # it had queued half of them
+    # The dispatch delivers to all 200 in one round; the first PUT to arrive is held, so
+    # the round waits for it (the others answered and recorded): killed mid-round.
+    receiver.hold()
+    worker.start()
+    wake()
+    wait_until(receiver.held.is_set, WITHIN, "a delivery of the round", check=alive(worker))
+    wait_until(
+        lambda: len(receiver.received()) >= DISPATCH_SUBSCRIPTIONS,
+        WITHIN,
+        "every batch of the round to be sent",
+        check=alive(worker),
+    )
+    assert jobs(url, "status = 'doing' AND task_name = 'pubsubpull.dispatch'")
+    worker.kill()
+    receiver.release()
+    held = receiver.held_hit
+    assert held is not None
+    in_flight = Subscription.objects.get(name=held.subscription)
+    assert in_flight.batch_id == held.webhook_id  # sent, never recorded: still in flight
 
     worker.argv = worker_command("--concurrency", "4")
     worker.start()
@@ -265,19 +259,9 @@ def test_worker_killed_during_dispatch_of_200_subscriptions(
     expected = committed(url)
     assert len(expected) == 2 * DISPATCH_WRITES
     for name in names:
-        assert_delivered(receiver.received(name), expected, name, resends=set())
+        assert_delivered(receiver.received(name), expected, name, resends={held.webhook_id})
     async_to_sync(tasks.recover_stalled)(0)  # the killed dispatch (the periodic job's work)
     no_job_left_behind(url)
-
-
-def backends_waiting(url: str, application_name: str) -> bool:
-    with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
-            "AND wait_event_type = 'Lock'",
-            (application_name,),
-        ).fetchone()
-    return bool(row and row[0])
 
 
 # -- 3. connections terminated ----------------------------------------------------------
