@@ -174,7 +174,7 @@ def next_batch(subscription: Subscription) -> Batch | None:
         if page.scanned_to is not None:
             return Batch("", [], after, cursor)
         return None
-    batch = _new_batch(subscription, page)
+    batch = new_batch(subscription, page)
     # Only if nothing changed since the subscription was loaded: a PUT that replayed it or
     # changed its terms meanwhile wins, and the page (read from the old state) is dropped.
     unchanged = {field: getattr(subscription, field) for field in MARK_IF_UNCHANGED}
@@ -200,7 +200,7 @@ MARK_IF_UNCHANGED = (
 )
 
 
-def _new_batch(subscription: Subscription, page: reads.ChangesPage) -> Batch:
+def new_batch(subscription: Subscription, page: reads.ChangesPage) -> Batch:
     """A new batch (a new ``webhook-id``) of what fits of a page with results."""
     count = fitting(subscription, page.results)
     backlog = count < len(page.results) or len(page.results) >= subscription.batch_size
@@ -235,7 +235,7 @@ def read_ahead(subscription: Subscription, after: Position) -> Batch | None:
         page = pending(subscription, subscription.batch_size, after=after)
     except reads.QueryFailed:
         return None
-    return _new_batch(subscription, page) if page.results else None
+    return new_batch(subscription, page) if page.results else None
 
 
 def max_bytes(subscription: Subscription) -> int:

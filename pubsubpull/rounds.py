@@ -5,8 +5,9 @@ are caught up and get a small batch each. A delivery job per subscription costs 
 a dozen queries each, so 20 subscriptions at 200 changes/s kept a worker's slots busy and
 10,000 never caught up. A round serves them all with a few queries, whatever their number:
 
-1. claim them (one query; one another sender holds is left to it: it looks for new
-   changes when it lets go),
+1. claim them, with the subscriptions whose delivery jobs wait to run now (queued not
+   ``alone``: the round takes those jobs over), in one query; one that another sender
+   holds is left to it (it looks for new changes when it lets go),
 2. load them (one query) and keep those a round may serve: active, nothing in flight, no
    failure pending, no filter, batches to a webhook or a broker, not slow lately; the
    others get a delivery job, as before,
@@ -16,7 +17,8 @@ a dozen queries each, so 20 subscriptions at 200 changes/s kept a worker's slots
 5. record the answers as they come (the 2xx of a wave in one transaction; a failure as a
    job records it), and let go of those claims,
 6. look, one read per group, for changes that became visible meanwhile, whose own
-   wake-up found these subscriptions claimed: those get a delivery job.
+   wake-up found these subscriptions claimed: those get a delivery job, which the next
+   round takes over.
 
 The guarantees of delivery jobs hold: one batch in flight per subscription (claimed and
 marked as a job does), the cursor moved only by a 2xx, a stable ``webhook-id``; a batch
@@ -46,12 +48,12 @@ from .delivery import (
     attempt_row,
     is_standard,
     log_attempt,
+    new_batch,
     pending,
     record,
     recovered,
     send,
 )
-from .delivery import _new_batch as new_batch
 from .models import Delivery, Subscription
 from .positions import Position
 from .sql import load

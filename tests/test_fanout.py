@@ -120,7 +120,7 @@ def test_a_dispatch_that_fails_midway_leaves_the_next_one_to_look_at_all(
     tasks.dispatch()  # this process has looked
     Customer.objects.create(name="lost?")
 
-    def broken(subscription_id: int, at: object = None) -> None:
+    def broken(subscription_id: int, at: object = None, alone: bool = False) -> None:
         raise RuntimeError("queueing failed")
 
     monkeypatch.setattr(tasks, "defer_delivery", broken)

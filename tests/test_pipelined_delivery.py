@@ -287,14 +287,14 @@ def test_a_put_between_the_read_and_the_mark_wins(
     for i in range(2):
         Customer.objects.create(name=f"c{i}")
     delivery.deliver(subscription.pk)
-    new_batch = delivery._new_batch
+    new_batch = delivery.new_batch
 
     def read_then_put(s: Subscription, page: Any) -> delivery.Batch:
         batch = new_batch(s, page)
         put_meanwhile(s.pk)  # committed after the page was read from the old state
         return batch
 
-    monkeypatch.setattr(delivery, "_new_batch", read_then_put)
+    monkeypatch.setattr(delivery, "new_batch", read_then_put)
     Customer.objects.create(name="c2")
     assert delivery.deliver(subscription.pk) is not None  # "read again now"
     monkeypatch.undo()

@@ -35,7 +35,9 @@ SETTINGS = {
 
 
 @pytest.fixture(autouse=True)
-def no_slow_marks() -> Iterator[None]:
+def fresh() -> Iterator[None]:
+    with connection.cursor() as cursor:  # Procrastinate's tables outlive a test's flush
+        cursor.execute("DELETE FROM procrastinate_jobs")
     rounds._slow.clear()
     yield
     rounds._slow.clear()

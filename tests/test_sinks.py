@@ -609,7 +609,7 @@ def test_the_position_and_topic_a_read_gives_are_those_of_each_change(thin: bool
     Customer.objects.filter(name="a").update(name="b")
     page = reads.changes_page(["shop.customer"], START, [], 10, events=True, thin=thin)
 
-    batch = delivery._new_batch(Subscription(batch_size=10), page)
+    batch = delivery.new_batch(Subscription(batch_size=10), page)
     assert len(batch.heads) == len(batch.changes) == 3
     assert batch.heads == [sinks.change_fields(change) for change in batch.changes]
     assert [topic for _, topic in batch.heads] == [
