@@ -11,8 +11,8 @@ a dozen queries each, so 20 subscriptions at 200 changes/s kept a worker's slots
 2. load them (one query) and keep those a round may serve: active, nothing in flight, no
    failure pending, no filter, batches to a webhook or a broker, not slow lately; the
    others get a delivery job, as before,
-3. read one page per group of subscriptions that read the same (owner, topics, payload,
-   batch size, cursor),
+3. read one page per group of subscriptions that read the same changes (owner, topics,
+   payload, batch size), from the cursor furthest behind: each gets what follows its own,
 4. put every batch in flight (one query) and send them all at once (:data:`SENDERS`),
 5. record the answers as they come (the 2xx of a wave in one transaction; a failure as a
    job records it), and let go of those claims,
@@ -28,11 +28,12 @@ of many jobs, done together; a backlog, a retry and a failure go on in jobs.
 
 from __future__ import annotations
 
+import bisect
 import json
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -172,37 +173,70 @@ Group = list[Subscription]
 
 
 def _groups(subscriptions: list[Subscription]) -> list[Group]:
-    """Subscriptions that read the same page, together."""
+    """Subscriptions that read the same changes (owner, topics, payload, batch size),
+    together, whatever their cursors."""
     groups: dict[tuple[Any, ...], Group] = {}
     for s in subscriptions:
-        key = (s.owner_id, json.dumps(s.topics), s.payload, s.batch_size, s.cursor)
+        key = (s.owner_id, json.dumps(s.topics), s.payload, s.batch_size)
         groups.setdefault(key, []).append(s)
     return list(groups.values())
 
 
 def _read(groups: list[Group], jobs: Jobs) -> list[tuple[Subscription, Batch]]:
-    """A new batch for each subscription with changes waiting: one page read per group.
-    A caught-up group's cursors move up to the horizon, as a job's read moves one."""
+    """A new batch for each subscription with changes waiting: one page read per group,
+    from the cursor furthest behind; each subscription gets what lies after its own. A
+    caught-up group's cursors move up to the horizon, as a job's read moves one."""
     batches: list[tuple[Subscription, Batch]] = []
     for group in groups:
-        first = group[0]
+        start = min(group, key=lambda s: Position.parse(s.cursor))
         try:
-            page = pending(first, first.batch_size)
+            page = pending(start, start.batch_size)
         except reads.QueryFailed:  # its topics took too long: jobs record the failure
             jobs.update((s.pk, Handoff(timezone.now())) for s in group)
             continue
-        if page.results:
-            batches += [(s, new_batch(s, page)) for s in group]
-            continue
-        after = Position.parse(first.cursor)
-        cursor = page.cursor(after, first.batch_size)
-        if cursor != after:
-            Subscription.objects.filter(pk__in=[s.pk for s in group], cursor=first.cursor).update(
-                cursor=str(cursor)
-            )
-            for s in group:
-                s.cursor = str(cursor)
+        full = len(page.results) >= start.batch_size  # more may wait after this page
+        for s in group:
+            mine = _after(page, Position.parse(s.cursor))
+            if mine.results:
+                batch = new_batch(s, mine)
+                batches.append((s, replace(batch, backlog=True) if full else batch))
+            elif full:  # ahead of this page: the next round reads from its cursor
+                jobs[s.pk] = Handoff(timezone.now(), alone=False)
+        if not page.results:
+            _caught_up(group, page.cursor(Position.parse(start.cursor), start.batch_size))
     return batches
+
+
+def _after(page: reads.ChangesPage, cursor: Position) -> reads.ChangesPage:
+    """The part of ``page`` after ``cursor``."""
+    skip = bisect.bisect_right(page.positions, cursor)
+    if not skip:
+        return page
+    positions = page.positions[skip:]
+    return replace(
+        page,
+        results=page.results[skip:],
+        positions=positions,
+        topics=page.topics[skip:],
+        first=positions[0] if positions else None,
+        last=positions[-1] if positions else None,
+    )
+
+
+def _caught_up(group: Group, cursor: Position) -> None:
+    """Move the cursors of a group that read nothing up to ``cursor`` (the horizon): the
+    changes before it that they skip are not scanned again. Only where a cursor is as
+    loaded (a replay meanwhile wins)."""
+    behind: dict[str, list[Subscription]] = {}
+    for s in group:
+        if Position.parse(s.cursor) < cursor:
+            behind.setdefault(s.cursor, []).append(s)
+    for old, subscriptions in behind.items():
+        Subscription.objects.filter(pk__in=[s.pk for s in subscriptions], cursor=old).update(
+            cursor=str(cursor)
+        )
+        for s in subscriptions:
+            s.cursor = str(cursor)
 
 
 def _mark(batches: list[tuple[Subscription, Batch]]) -> set[int]:
@@ -286,11 +320,11 @@ def _look_again(subscriptions: list[Subscription], jobs: Jobs) -> None:
     visible now past their cursor: their own wake-up may have found them claimed. The
     next round takes these jobs over (they are not ``alone``)."""
     for group in _groups(subscriptions):
-        first = group[0]
-        labels, events = reads.scope(first.owner)
+        start = min(group, key=lambda s: Position.parse(s.cursor))
+        labels, events = reads.scope(start.owner)
         try:
             waiting = reads.count_changes(
-                labels, Position.parse(first.cursor), list(first.topics), 1, events=events
+                labels, Position.parse(start.cursor), list(start.topics), 1, events=events
             )
         except reads.QueryFailed:
             waiting = 1  # its job finds out

@@ -112,6 +112,27 @@ def test_one_round_delivers_to_every_subscription_with_one_read_per_group(
 
 
 @override_settings(PUBSUBPULL=SETTINGS)
+def test_one_read_serves_a_group_whatever_its_cursors(api: Client, httpserver: HTTPServer) -> None:
+    behind, ahead = Receiver(), Receiver()
+    cursor = str(reads.now())
+    first = subscribe(api, httpserver, "behind", behind, cursor=cursor)
+    second = subscribe(api, httpserver, "ahead", ahead, cursor=cursor)
+    for i in range(3):
+        Customer.objects.create(name=f"n{i}")
+    visible(3)
+    labels, events = reads.scope(None)
+    n0 = reads.changes_page(labels, Position.parse(cursor), [], 1, events=events).results[0]
+    Subscription.objects.filter(pk=second.pk).replay(Position.parse(json.loads(n0)["id"]))
+
+    with CaptureQueriesContext(connection) as queries:
+        assert rounds.deliver([first.pk, second.pk]) == {}
+
+    assert page_reads(queries) == 1
+    assert [c["new"]["name"] for c in behind.changes()] == ["n0", "n1", "n2"]
+    assert [c["new"]["name"] for c in ahead.changes()] == ["n1", "n2"]  # after its cursor
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
 def test_a_backlog_is_left_to_a_job_of_its_own(api: Client, httpserver: HTTPServer) -> None:
     receiver = Receiver()
     subscription = subscribe(api, httpserver, "b", receiver, batch_size=2)
