@@ -154,7 +154,9 @@ def _servable(claimed: set[int], jobs: Jobs) -> list[Subscription]:
         if subscription.status != Subscription.Status.ACTIVE:
             continue
         if subscription.next_attempt and subscription.next_attempt > now:
-            continue  # its retry is queued for then
+            # its retry: queued for then already (or its job was one this round took over)
+            jobs[subscription.pk] = Handoff(subscription.next_attempt)
+            continue
         if (
             subscription.batch_id
             or subscription.failures

@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from django.contrib.auth.models import User
 from django.db import connection, connections
 from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -342,3 +344,23 @@ def test_a_round_lets_go_of_every_claim_whatever_became_of_each(
     assert len(sent.requests) == len(backlog.requests) == len(failing.requests) == 1
     assert idle.requests == paused.requests == []
     assert delivery.claimed_subscriptions() == set()
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
+def test_a_job_taken_over_for_a_subscription_waiting_to_retry_leaves_its_retry_queued(
+    api: Client, httpserver: HTTPServer
+) -> None:
+    receiver = Receiver()
+    subscription = subscribe(api, httpserver, "later", receiver)
+    rounds.deliver([])  # the PUT's job
+    later = timezone.now() + timedelta(minutes=5)
+    Subscription.objects.filter(pk=subscription.pk).update(failures=1, next_attempt=later)
+    assert tasks.defer_delivery(subscription.pk)  # a job a round may take over
+
+    tasks._hand_off(rounds.deliver([]))
+
+    assert receiver.requests == []
+    assert waiting_jobs() == {subscription.pk: {"subscription_id": subscription.pk, "alone": True}}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT scheduled_at FROM procrastinate_jobs WHERE status = 'todo'")
+        assert cursor.fetchone()[0] == later
