@@ -146,8 +146,9 @@ def is_slow(subscription_id: int) -> bool:
 
 
 def _servable(claimed: set[int], jobs: Jobs) -> list[Subscription]:
-    """The claimed subscriptions a round serves; a job (now) for the other active ones
-    that may send now (its job reads, retries or records what a round does not)."""
+    """The claimed subscriptions a round serves; a job for the other active ones: now for
+    those that may send now (their jobs read, retry or record what a round does not), at
+    its time for one waiting to retry."""
     now = timezone.now()
     served = []
     for subscription in Subscription.objects.select_related("owner").filter(pk__in=claimed):

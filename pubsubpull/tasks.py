@@ -106,7 +106,7 @@ def deliver(subscription_id: int, alone: bool = False) -> None:
             _hand_off(rounds.deliver([subscription_id]))
         except (OperationalError, InterfaceError) as error:
             logger.warning("pubsubpull delivery round met a database error: %s", error)
-            _defer_or_leave_to_sweep(subscription_id, timezone.now() + DATABASE_RETRY, True)
+            _defer_or_leave_to_sweep(subscription_id, timezone.now() + DATABASE_RETRY, alone=True)
         return
     # Batch after batch while more wait, for up to JOB_SECONDS and while no other job
     # waits: the cost of a job (fetch, finish, defer, and a database connection unless

@@ -300,7 +300,7 @@ def test_a_slow_target_is_left_to_jobs_for_a_while(
 def test_a_round_never_sends_a_subscription_the_owner_may_not_see(
     httpserver: HTTPServer, owner: User
 ) -> None:
-    # two owners, the same topics and cursor: not one group (scope is the owner's)
+    # two owners, the same topics: not one group (what each reads is its owner's)
     from django.contrib.auth.models import Permission
 
     viewer = User.objects.create_user("viewer")
