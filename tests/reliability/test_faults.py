@@ -229,11 +229,20 @@ def test_worker_killed_during_dispatch_of_200_subscriptions(
         "every batch of the round to be sent",
         check=alive(worker),
     )
+    held = receiver.held_hit
+    assert held is not None
+    # the answered batches recorded (in waves): only the held one is still in flight
+    wait_until(
+        lambda: (
+            not Subscription.objects.exclude(name=held.subscription).exclude(batch_id="").exists()
+        ),
+        WITHIN,
+        "the answered batches to be recorded",
+        check=alive(worker),
+    )
     assert jobs(url, "status = 'doing' AND task_name = 'pubsubpull.dispatch'")
     worker.kill()
     receiver.release()
-    held = receiver.held_hit
-    assert held is not None
     in_flight = Subscription.objects.get(name=held.subscription)
     assert in_flight.batch_id == held.webhook_id  # sent, never recorded: still in flight
 
