@@ -25,7 +25,7 @@ from procrastinate import exceptions
 from procrastinate.contrib.django import app
 from procrastinate.jobs import Status
 
-from . import conf, delivery, fanout, local_subscribers, prune, rounds
+from . import conf, delivery, fanout, local_subscribers, prune, rounds, worker
 from .sql import load
 
 QUEUE = "pubsubpull"
@@ -71,19 +71,25 @@ def defer_delivery(subscription_id: int, at: datetime | None = None, alone: bool
         ).defer(subscription_id=subscription_id, **({"alone": True} if alone else {}))
     except exceptions.AlreadyEnqueued:
         return False  # the waiting job will see the changes too
+    if schedule_at is None:
+        worker.nudge()
     return True
 
 
 def wake(subscription_id: int) -> None:
     """Queue the delivery of a subscription that may send at once (created, changed,
-    resumed or replayed): a job of it waiting for a later retry is brought forward. A
-    wake-up's dispatch only sees new changes, so whatever came while it was paused or
+    resumed or replayed): a job of it waiting for a later retry is queued again for now.
+    A wake-up's dispatch only sees new changes, so whatever came while it was paused or
     failing is found this way, or by the next full look."""
-    if not defer_delivery(subscription_id):
-        with connection.cursor() as cursor:
-            cursor.execute(
-                load("bring_forward"), {"queue": QUEUE, "lock": subscription_lock(subscription_id)}
-            )
+    if defer_delivery(subscription_id):
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            load("drop_later_retry"), {"queue": QUEUE, "lock": subscription_lock(subscription_id)}
+        )
+        dropped = cursor.fetchall()
+    if dropped:
+        defer_delivery(subscription_id)
 
 
 def wake_on_commit(subscription_ids: list[int]) -> None:

@@ -268,6 +268,45 @@ def test_a_waiting_worker_is_woken_by_commits(api: Client, httpserver: HTTPServe
         assert worker.wait(timeout=30) == 0
 
 
+def test_jobs_a_worker_queues_itself_run_without_notify_or_polling(
+    api: Client, httpserver: HTTPServer
+) -> None:
+    """The dispatch its watcher queues and the delivery jobs its rounds hand a backlog to
+    run at once: the worker's process nudges its worker (Procrastinate can lose the NOTIFY
+    of a job queued while it fetches, and then waits for its next poll). Here it hears no
+    NOTIFY at all and polls once an hour: only the nudges can move anything."""
+    receiver = Receiver()
+    put(api, "nudged", {"target": hook(httpserver, receiver), "batch_size": 2}, status=201)
+    # the PUT queued a job: the worker runs it first, and is nudged from then on
+    worker = subprocess.Popen(
+        [
+            *[sys.executable, "manage.py", "procrastinate", "worker", "--queues", "pubsubpull"],
+            *["--no-listen-notify", "--fetch-job-polling-interval", "3600"],
+        ],
+        cwd=ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: not _jobs_waiting(), worker)
+        with transaction.atomic():  # a backlog of 3 batches: a round, then a job of its own
+            for i in range(5):
+                Customer.objects.create(name=f"n{i}")
+        wait_for(lambda: names(receiver.changes()) == [f"n{i}" for i in range(5)], worker)
+        Customer.objects.create(name="later")  # the watcher's next dispatch
+        wait_for(lambda: names(receiver.changes())[5:] == ["later"], worker)
+    finally:
+        worker.terminate()
+        assert worker.wait(timeout=30) == 0
+
+
+def _jobs_waiting() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo'")
+        return int(cursor.fetchone()[0])
+
+
 @pytest.mark.parametrize(
     ("project", "worker", "kept"),
     [(0, 300, 300), (0, 0, 0), (60, 300, 60), (None, 300, None)],

@@ -3,6 +3,7 @@ changes, found with the same two queries whatever the number of subscriptions.""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -17,6 +18,7 @@ from django.utils import timezone
 from pubsubpull import fanout, tasks
 from pubsubpull.models import Subscription
 from test_project.shop.models import Customer, Order
+from tests.helpers import raw_connection
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -149,8 +151,14 @@ def test_waking_a_subscription_brings_a_later_retry_forward(owner: User) -> None
     later = timezone.now() + timedelta(hours=5)
     tasks.defer_delivery(customers, later)  # its retry, hours away
 
-    tasks.wake(customers)  # resumed, replayed or changed: it may send now
+    with raw_connection() as listener:  # how workers hear of jobs to run
+        listener.autocommit = True
+        listener.execute("LISTEN procrastinate_any_queue_v1")
+        tasks.wake(customers)  # resumed, replayed or changed: it may send now
+        heard = list(listener.notifies(timeout=5, stop_after=1))
 
     with connection.cursor() as cursor:
-        cursor.execute("SELECT scheduled_at FROM procrastinate_jobs WHERE status = 'todo'")
-        assert cursor.fetchall() == [(None,)]  # the same job, now due
+        cursor.execute("SELECT id, scheduled_at FROM procrastinate_jobs WHERE status = 'todo'")
+        ((job, scheduled_at),) = cursor.fetchall()
+    assert scheduled_at is None  # due now, in place of the later retry
+    assert [json.loads(n.payload) for n in heard] == [{"type": "job_inserted", "job_id": job}]
