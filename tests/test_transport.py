@@ -309,6 +309,43 @@ def test_deadline_ends_a_status_line_dripping_one_byte_at_a_time(
     stopping.set()
 
 
+def test_a_short_deadline_fires_while_a_longer_one_waits(servers: Callable[..., Server]) -> None:
+    # One watchdog thread serves every send's deadline: a 1 s deadline that comes while
+    # it waits for a 30 s one still ends its send on time, and the sends start no thread.
+    stopping = threading.Event()
+
+    def slow_status(conn: socket.socket, number: int) -> bool:
+        drip(answer(body=b"x" * 100), 0.3, stopping)(conn)
+        return False
+
+    server = servers(slow_status)
+    failures: list[BaseException] = []
+
+    def long_send() -> None:
+        try:
+            put(server.url(), DATA, HEADERS, timeout=30.0)
+        except BaseException as error:  # noqa: BLE001 - ended by stopping the server
+            failures.append(error)
+
+    waiting = threading.Thread(target=long_send, daemon=True)
+    waiting.start()
+    time.sleep(0.3)  # its 30 s deadline is the one the watchdog waits for
+    threads = _threads()
+    started = time.monotonic()
+    with pytest.raises(DeliveryTimeout, match="no complete answer within 1.0 s"):
+        put(server.url(), DATA, HEADERS, timeout=1.0)
+    assert 0.9 < time.monotonic() - started < 5
+    assert _threads() <= threads  # the send started none
+    assert [t.name for t in threading.enumerate()].count("pubsubpull-deadlines") == 1
+    stopping.set()
+    waiting.join(30)
+
+
+def _threads() -> set[str]:
+    """This process's threads but the test servers' (one per connection)."""
+    return {t.name for t in threading.enumerate() if not t.name.endswith("(_serve)")}
+
+
 def test_deadline_ends_a_send_the_target_does_not_read(servers: Callable[..., Server]) -> None:
     server = servers(None)  # accepts, never reads: the request body fills the buffers
     started = time.monotonic()
