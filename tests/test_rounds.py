@@ -279,6 +279,61 @@ def test_changes_written_during_a_round_get_a_job_the_next_round_takes_over(
 
 
 @override_settings(PUBSUBPULL=SETTINGS)
+def test_a_delivery_job_goes_on_in_rounds_while_changes_come_meanwhile(
+    api: Client, httpserver: HTTPServer
+) -> None:
+    receiver = Receiver()
+    late = ["late0", "late1"]
+
+    def write_meanwhile(request: Request) -> Response:
+        if late:  # each of the first two sends: a change while the round sends
+            try:
+                Customer.objects.create(name=late.pop(0))
+            finally:
+                connections.close_all()  # the server thread's own
+        return receiver(request)
+
+    subscription = subscribe(api, httpserver, "rounds", write_meanwhile)
+    connection.cursor().execute("DELETE FROM procrastinate_jobs")  # the PUT's job
+    Customer.objects.create(name="n0")
+    visible(1)
+
+    tasks.deliver(subscription.pk)  # a job queued without "alone": three rounds
+
+    assert [c["new"]["name"] for c in receiver.changes()] == ["n0", "late0", "late1"]
+    assert [len(r.changes) for r in receiver.requests] == [1, 1, 1]
+    assert waiting_jobs() == {}  # none handed over to another job
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
+def test_rounds_give_way_to_a_job_queued_alone(api: Client, httpserver: HTTPServer) -> None:
+    receiver = Receiver()
+    other = subscribe(api, httpserver, "backlog", Receiver(), status="paused")
+
+    def write_meanwhile(request: Request) -> Response:
+        if not receiver.requests:
+            try:
+                Customer.objects.create(name="late")
+            finally:
+                connections.close_all()
+        return receiver(request)
+
+    subscription = subscribe(api, httpserver, "rounds", write_meanwhile)
+    connection.cursor().execute("DELETE FROM procrastinate_jobs")
+    tasks.defer_delivery(other.pk, alone=True)  # waits for a worker slot
+    Customer.objects.create(name="n0")
+    visible(1)
+
+    tasks.deliver(subscription.pk)
+
+    assert [c["new"]["name"] for c in receiver.changes()] == ["n0"]
+    assert waiting_jobs() == {
+        other.pk: {"subscription_id": other.pk, "alone": True},
+        subscription.pk: {"subscription_id": subscription.pk},
+    }
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
 def test_a_slow_target_is_left_to_jobs_for_a_while(
     api: Client, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
