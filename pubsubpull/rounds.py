@@ -51,6 +51,7 @@ from .delivery import (
     log_attempt,
     new_batch,
     pending,
+    pending_count,
     record,
     recovered,
     send,
@@ -324,11 +325,8 @@ def _look_again(subscriptions: list[Subscription], jobs: Jobs) -> None:
     next round takes these jobs over (they are not ``alone``)."""
     for group in _groups(subscriptions):
         start = min(group, key=lambda s: Position.parse(s.cursor))
-        labels, events = reads.scope(start.owner)
         try:
-            waiting = reads.count_changes(
-                labels, Position.parse(start.cursor), list(start.topics), 1, events=events
-            )
+            waiting = pending_count(start, 1)
         except reads.QueryFailed:
             waiting = 1  # its job finds out
         if waiting:
