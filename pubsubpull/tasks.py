@@ -190,8 +190,12 @@ def _hand_off(jobs: rounds.Jobs) -> None:
 
 def _alone_waiting() -> bool:
     """Whether delivery jobs queued ``alone`` wait for a worker now."""
+    return _jobs_waiting(alone=True)
+
+
+def _jobs_waiting(alone: bool) -> bool:
     with connection.cursor() as cursor:
-        cursor.execute(load("alone_jobs_waiting"), {"queue": QUEUE, "task": DELIVER})
+        cursor.execute(load("jobs_waiting"), {"queue": QUEUE, "task": DELIVER, "alone": alone})
         return bool(cursor.fetchone()[0])
 
 
@@ -201,9 +205,7 @@ def _others_waiting() -> bool:
     writes always has a few more changes; without this its job kept a worker slot for
     JOB_SECONDS per turn while the others waited (20 subscriptions at 200 changes/s:
     p99 9 s)."""
-    with connection.cursor() as cursor:
-        cursor.execute(load("jobs_waiting"), {"queue": QUEUE, "task": DELIVER})
-        return bool(cursor.fetchone()[0])
+    return _jobs_waiting(alone=False)
 
 
 def _waiting_deliveries() -> set[int]:
