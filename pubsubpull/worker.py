@@ -53,6 +53,7 @@ def _queue_dispatch(connection: psycopg.Connection[Any]) -> None:
 
 # The Procrastinate workers running in this process (seen by start_wakeups).
 _workers: weakref.WeakSet[Any] = weakref.WeakSet()
+_workers_lock = threading.Lock()  # added to in the event loop, read from job threads
 
 
 def nudge() -> None:
@@ -62,7 +63,9 @@ def nudge() -> None:
     job then waits for the next poll, 5 s later: the p99 latency of a healthy
     subscription beside others was about 5 s in some runs. Procrastinate's own
     ``Worker.stop`` wakes the worker's loop from another thread the same way."""
-    for worker in list(_workers):
+    with _workers_lock:
+        workers = list(_workers)
+    for worker in workers:
         loop = getattr(worker, "_loop", None)
         flag = getattr(worker, "_new_job_event", None)
         if loop is None or flag is None:
@@ -116,7 +119,9 @@ async def start_wakeups(call_next: Callable[[], Awaitable[Any]], context: Any, w
     started by ``manage.py procrastinate worker`` (whose process starts watching when
     Django is ready) starts watching then."""
     if worker.queues is None or tasks.QUEUE in worker.queues:
-        _workers.add(worker)
+        if worker not in _workers:
+            with _workers_lock:
+                _workers.add(worker)
         if worker.wait:
             start_watching()
     return await call_next()
