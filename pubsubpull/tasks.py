@@ -172,14 +172,17 @@ def _in_rounds(subscription_ids: list[int]) -> None:
     20 per round)."""
     deadline = time.monotonic() + JOB_SECONDS
     jobs = rounds.deliver(subscription_ids)
-    while time.monotonic() < deadline:
-        again = [i for i, handoff in jobs.items() if not handoff.alone]
-        if not again or _alone_waiting():
-            break
-        for subscription_id in again:
-            del jobs[subscription_id]
-        jobs.update(rounds.deliver(again))
-    _hand_off(jobs)
+    try:
+        while time.monotonic() < deadline:
+            again = [i for i, handoff in jobs.items() if not handoff.alone]
+            if not again or _alone_waiting():
+                break
+            more = rounds.deliver(again)
+            for subscription_id in again:
+                del jobs[subscription_id]
+            jobs.update(more)
+    finally:  # a later round's database error loses none of the earlier rounds' jobs
+        _hand_off(jobs)
 
 
 def _hand_off(jobs: rounds.Jobs) -> None:

@@ -419,3 +419,26 @@ def test_a_job_taken_over_for_a_subscription_waiting_to_retry_leaves_its_retry_q
     with connection.cursor() as cursor:
         cursor.execute("SELECT scheduled_at FROM procrastinate_jobs WHERE status = 'todo'")
         assert cursor.fetchone()[0] == later
+
+
+def test_a_database_error_in_a_later_round_loses_no_job(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from django.db import OperationalError
+
+    now = timezone.now()
+    results: list[rounds.Jobs | Exception] = [
+        {1: rounds.Handoff(now), 2: rounds.Handoff(now, alone=False)},  # a backlog, more
+        OperationalError("the database went away"),
+    ]
+
+    def deliver(ids: list[int]) -> rounds.Jobs:
+        result = results.pop(0)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    monkeypatch.setattr(rounds, "deliver", deliver)
+    with pytest.raises(OperationalError):
+        tasks._in_rounds([1, 2])
+    assert waiting_jobs() == {1: {"subscription_id": 1, "alone": True}, 2: {"subscription_id": 2}}
