@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -76,6 +76,24 @@ def visible(count: int) -> None:
 
 def page_reads(queries: CaptureQueriesContext) -> int:
     return sum("pubsubpull_change_json" in q["sql"] for q in queries.captured_queries)
+
+
+def writing_meanwhile(
+    receiver: Receiver, *writes: Callable[[], object]
+) -> Callable[[Request], Response]:
+    """A handler answering as ``receiver`` that first commits one of ``writes`` for each
+    of the first requests: changes written while a round sends."""
+    left = list(writes)
+
+    def handler(request: Request) -> Response:
+        if left:
+            try:
+                left.pop(0)()
+            finally:
+                connections.close_all()  # the server thread's own
+        return receiver(request)
+
+    return handler
 
 
 @override_settings(PUBSUBPULL=SETTINGS)
@@ -252,15 +270,10 @@ def test_changes_written_during_a_round_get_a_job_the_next_round_takes_over(
     api: Client, httpserver: HTTPServer
 ) -> None:
     receiver = Receiver()
-
-    def write_meanwhile(request: Request) -> Response:
-        if not receiver.requests:
-            try:
-                Order.objects.create(customer=Customer.objects.create(name="late"), total=1)
-            finally:
-                connections.close_all()  # the server thread's own
-        return receiver(request)
-
+    write_meanwhile = writing_meanwhile(
+        receiver,
+        lambda: Order.objects.create(customer=Customer.objects.create(name="late"), total=1),
+    )
     subscription = subscribe(api, httpserver, "meanwhile", write_meanwhile)
     Customer.objects.create(name="n0")
     visible(1)
@@ -283,16 +296,11 @@ def test_a_delivery_job_goes_on_in_rounds_while_changes_come_meanwhile(
     api: Client, httpserver: HTTPServer
 ) -> None:
     receiver = Receiver()
-    late = ["late0", "late1"]
-
-    def write_meanwhile(request: Request) -> Response:
-        if late:  # each of the first two sends: a change while the round sends
-            try:
-                Customer.objects.create(name=late.pop(0))
-            finally:
-                connections.close_all()  # the server thread's own
-        return receiver(request)
-
+    write_meanwhile = writing_meanwhile(  # each of the first two sends: a change meanwhile
+        receiver,
+        lambda: Customer.objects.create(name="late0"),
+        lambda: Customer.objects.create(name="late1"),
+    )
     subscription = subscribe(api, httpserver, "rounds", write_meanwhile)
     connection.cursor().execute("DELETE FROM procrastinate_jobs")  # the PUT's job
     Customer.objects.create(name="n0")
@@ -310,14 +318,7 @@ def test_rounds_give_way_to_a_job_queued_alone(api: Client, httpserver: HTTPServ
     receiver = Receiver()
     other = subscribe(api, httpserver, "backlog", Receiver(), status="paused")
 
-    def write_meanwhile(request: Request) -> Response:
-        if not receiver.requests:
-            try:
-                Customer.objects.create(name="late")
-            finally:
-                connections.close_all()
-        return receiver(request)
-
+    write_meanwhile = writing_meanwhile(receiver, lambda: Customer.objects.create(name="late"))
     subscription = subscribe(api, httpserver, "rounds", write_meanwhile)
     connection.cursor().execute("DELETE FROM procrastinate_jobs")
     tasks.defer_delivery(other.pk, alone=True)  # waits for a worker slot
