@@ -6,7 +6,8 @@ server process for both APIs, ``benchmarks.settings``, ``DEBUG = False``, databa
 kept between requests) and read from this process with pages of 1,000 rows:
 
 - pubsubpull: ``pubsubpull.client.Service(...).instances("benchapp.trackedrow", limit=1000)``
-  authenticated with a Bearer token (``pubsubpull.auth.create_token``); keyset pages. Also from
+  for scans (it asks for the next page while one is decoded) and one request for a single
+  page, authenticated with a Bearer token (``pubsubpull.auth.create_token``); keyset pages. Also from
   a second server with ``CONN_MAX_AGE`` 0 (a database connection opened for every request).
 - DRF: ``benchmarks.drf`` (a ``ModelSerializer`` + ``ModelViewSet``) with ``CursorPagination``
   ordered by primary key, and with ``LimitOffsetPagination``, read with ``requests`` following
@@ -205,12 +206,13 @@ class Readers:
 
     @staticmethod
     def ours_page(service: Any, after: int | None) -> int:
-        rows = 0
-        for _ in service.instances(LABEL, after=after, limit=PAGE):
-            rows += 1
-            if rows == PAGE:  # stop before the generator asks for the next page
-                break
-        return rows
+        """One page as the client reads it (the request and the decoding), without the
+        request for the following page that ``instances()`` sends meanwhile."""
+        params: dict[str, Any] = {"limit": PAGE}
+        if after is not None:
+            params["after"] = after
+        page = service._get(service._url("models", LABEL), params, expect=("results",))
+        return len(page["results"])
 
     def floor_page(self, after: int | None) -> int:
         return len(self.floor.page(after)[:PAGE])
@@ -558,7 +560,9 @@ def report(count: int, reps: int, tries: int, samples: int, result: dict[str, An
         f"{PAGE:,} over HTTP from `runserver --noreload` (one server process, `DEBUG = False`, "
         f"`CONN_MAX_AGE` {KEEP}: database connections kept between requests, for every API; "
         f"the row `{COLD}` reads from a second server that opens one for every request). "
-        "pubsubpull through `pubsubpull.client.Service.instances()` with a Bearer token; DRF "
+        "pubsubpull through `pubsubpull.client.Service` with a Bearer token (a page: one "
+        "request, decoded; a scan: `instances()`, which asks for the next page while one is "
+        "decoded); DRF "
         "(`benchmarks/drf.py`: `ModelSerializer` + `ModelViewSet`) with `CursorPagination` "
         "ordered by pk and with `LimitOffsetPagination`, followed with `requests`, same user by "
         f"session. The `{FLOOR}` row: pubsubpull's own page queries "

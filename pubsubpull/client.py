@@ -17,8 +17,10 @@ Errors come as :class:`ServiceError` subclasses carrying the server's JSON messa
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qsl, quote, urljoin, urlsplit
@@ -112,6 +114,8 @@ class Service:
     the seconds to wait for an answer; a long poll waits ``wait`` seconds more. One
     ``requests.Session`` is kept per service for keep-alive: a ``Service`` is not meant to
     be shared between threads; :meth:`close` it, or use it as a context manager.
+    (:meth:`instances` asks for the next page from a thread of its own while a page is
+    consumed; the session serves one request at a time.)
     """
 
     def __init__(
@@ -127,6 +131,7 @@ class Service:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.timeout = timeout
         self.session = requests.Session()
+        self._session_lock = threading.Lock()  # instances() reads ahead from a thread
         self.session.headers["Accept"] = "application/json"
         if token is not None:
             self.session.headers["Authorization"] = f"Bearer {token}"
@@ -163,18 +168,39 @@ class Service:
 
     def instances(
         self, label: str, after: str | int | None = None, limit: int | None = None
-    ) -> Iterator[JSON]:
+    ) -> Generator[JSON, None, None]:
         """Every row of model ``label`` (``"app_label.model_name"``) in primary key order,
         after primary key ``after`` if given, fetched ``limit`` rows per request as the
-        iteration goes (a generator: errors are raised from the iteration)."""
+        iteration goes (a generator: errors are raised from the iteration).
+
+        While a page is decoded and its rows consumed, the next one is already asked for,
+        from a thread, when the server names it in a ``Link: <...>; rel="next"`` header:
+        the server works on it meanwhile. Stopping the iteration early leaves at most that
+        one request unread (the service's next call waits for it).
+        """
         url = self._url("models", label)
-        params = _params(after=after, limit=limit)
-        while True:
-            page = self._get(url, params, expect=("results",))
-            yield from page["results"]
-            if not page.get("next"):
-                return
-            params = _query(page["next"])
+        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pubsubpull-read-ahead")
+        try:
+            response = self._response("GET", url, _params(after=after, limit=limit))
+            while True:
+                following: Future[requests.Response] | None = None
+                link = response.links.get("next", {}).get("url")
+                asked = _query(link) if link else None
+                if asked is not None:
+                    following = _read_ahead(ahead, self._response, "GET", url, asked)
+                page = self._answer(response, expect=("results",))
+                yield from page["results"]
+                if not page.get("next"):
+                    return
+                wanted = _query(page["next"])
+                if following is None or wanted != asked:
+                    # an older server (no Link header), or one whose Link says otherwise:
+                    # the body's ``next`` is what counts
+                    response = self._response("GET", url, wanted)
+                else:
+                    response = following.result()
+        finally:
+            ahead.shutdown(wait=False, cancel_futures=True)
 
     def instance(self, label: str, pk: str | int) -> JSON:
         """The row of model ``label`` with primary key ``pk``; :class:`NotFound` if absent."""
@@ -285,15 +311,37 @@ class Service:
         wait: float | None = None,
         expect: tuple[str, ...] = (),
     ) -> JSON:
+        response = self._response(method, url, params, body, wait)
+        return self._answer(response, wait, expect)
+
+    def _response(
+        self,
+        method: str,
+        url: str,
+        params: Params | None = None,
+        body: JSON | None = None,
+        wait: float | None = None,
+    ) -> requests.Response:
+        """The server's answer, read whole; a :class:`ServiceError` for an error status or
+        when no answer came."""
         timeout = self.timeout + (wait or 0.0)
         try:
-            response = self.session.request(method, url, params=params, json=body, timeout=timeout)
+            with self._session_lock:
+                response = self.session.request(
+                    method, url, params=params, json=body, timeout=timeout
+                )
         except (requests.ConnectionError, requests.Timeout) as error:
             raise ServiceUnavailable(None, "unavailable", str(error), url=url) from error
         except requests.RequestException as error:
             raise ServiceError(None, "request_failed", str(error), url=url) from error
         if response.status_code >= 400:
             raise _error(response)
+        return response
+
+    def _answer(
+        self, response: requests.Response, wait: float | None = None, expect: tuple[str, ...] = ()
+    ) -> JSON:
+        """The JSON object of an answer, which must hold the keys in ``expect``."""
         if response.status_code == 204:
             return {}
         try:
@@ -356,6 +404,23 @@ class Changes(Iterator[JSON]):
                 return
             # ``next`` carries the state but not ``wait``; keep long-polling on every page.
             params = {**_query(page["next"]), **_params(wait=self._wait)}
+
+
+def _read_ahead(
+    pool: ThreadPoolExecutor, response: Callable[..., requests.Response], *args: Any
+) -> Future[requests.Response]:
+    """``response(*args)`` in ``pool``'s thread, returning once that thread has started on
+    it: the request then leaves before the caller goes on to decode a page (``json.loads``
+    holds the GIL throughout, and would otherwise hold the request back until it is done)."""
+    running = threading.Event()
+
+    def read() -> requests.Response:
+        running.set()
+        return response(*args)
+
+    future = pool.submit(read)
+    running.wait()
+    return future
 
 
 def _params(**values: str | int | float | None) -> Params:

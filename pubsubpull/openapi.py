@@ -48,6 +48,16 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {JSON: {"schema": schema}}}
 
 
+def _page(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """A response with a page of results, naming the next page in a ``Link`` header too."""
+    link = {
+        "description": 'The `next` URL as `<url>; rel="next"` (RFC 8288), absent when `next` '
+        "is null: a client can ask for the next page before decoding this one.",
+        "schema": {"type": "string"},
+    }
+    return {**_json(description, schema), "headers": {"Link": link}}
+
+
 def _errors(*statuses: str) -> dict[str, Any]:
     # Every endpoint authenticates (429: too many wrong Basic passwords) and reads the
     # database (503: away, or a read too slow).
@@ -119,7 +129,7 @@ def _paths() -> dict[str, Any]:
                     _limit(),
                 ],
                 "responses": {
-                    "200": _json("A page of rows", _ref("RowsPage")),
+                    "200": _page("A page of rows", _ref("RowsPage")),
                     **_errors("400", "401", "403", "404"),
                 },
             }
@@ -173,7 +183,7 @@ def _paths() -> dict[str, Any]:
                     ),
                 ],
                 "responses": {
-                    "200": _json("A page of changes", _ref("ChangesPage")),
+                    "200": _page("A page of changes", _ref("ChangesPage")),
                     **_errors("400", "401"),
                 },
             }

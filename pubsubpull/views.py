@@ -131,11 +131,19 @@ def _long_poll(request: HttpRequest) -> bool:
     return request.GET.get("wait", "") not in ("", "0")
 
 
-def json_page(results: list[str], **fields: Any) -> HttpResponse:
-    """A ``{"results": [...], ...}`` body around JSON texts PostgreSQL built."""
+def json_page(results: list[str], next: str | None, **fields: Any) -> HttpResponse:
+    """A ``{"results": [...], "next": ..., ...}`` body around JSON texts PostgreSQL built.
+
+    The ``next`` page is also named in a ``Link`` header (RFC 8288), so a client can ask
+    for it before it has decoded this one (:meth:`pubsubpull.client.Service.instances`).
+    """
+    fields = {"next": next, **fields}
     tail = "".join(f", {json.dumps(k)}: {json.dumps(v)}" for k, v in fields.items())
     body = '{"results": [' + ", ".join(results) + "]" + tail + "}"
-    return HttpResponse(body, content_type="application/json")
+    response = HttpResponse(body, content_type="application/json")
+    if next is not None:
+        response["Link"] = f'<{next}>; rel="next"'
+    return response
 
 
 def _limit(request: HttpRequest) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -17,6 +18,8 @@ import requests
 from django.contrib.auth.models import Permission, User
 from django.db import connection
 from pytest_django.live_server_helper import LiveServer
+from pytest_httpserver import HTTPServer
+from werkzeug import Response
 
 from pubsubpull.auth import create_token
 from pubsubpull.client import (
@@ -117,14 +120,95 @@ def test_instances_after_a_primary_key(service: Service) -> None:
     assert list(service.instances("shop.customer", after=pks[-1])) == []
 
 
-def test_instances_is_lazy_and_stops_where_the_caller_stops(service: Service) -> None:
+def test_instances_is_lazy_and_reads_one_page_ahead(service: Service) -> None:
     Customer.objects.bulk_create(Customer(name=f"c{i}") for i in range(30))
     urls = record_requests(service)
     rows = service.instances("shop.customer", limit=10)
     assert urls == []
     first = [next(rows) for _ in range(5)]
     assert [row["name"] for row in first] == ["c0", "c1", "c2", "c3", "c4"]
-    assert len(urls) == 1
+    # the second page is asked for while the first is consumed (from a thread), the
+    # third only once the caller reaches the second
+    wait_until(lambda: len(urls) == 2)
+    assert "after=" in urls[1] and "limit=10" in urls[1]
+    assert [row["name"] for row in [next(rows) for _ in range(6)]][-1] == "c10"
+    wait_until(lambda: len(urls) == 3)
+    rows.close()
+    assert service.instance("shop.customer", Customer.objects.get(name="c0").pk)["name"] == "c0"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+class Pages:
+    """A pubsubpull-like server of ``models/x/`` pages of 2 rows, without ``Link`` headers
+    unless ``link``, answering 503 from the page after ``fail_after`` (if set) on, and with
+    ``hold``, holding the pages after the first until ``release`` is set."""
+
+    def __init__(self, httpserver: HTTPServer, rows: int, link: bool = False) -> None:
+        self.httpserver, self.rows, self.link = httpserver, rows, link
+        self.fail_after: int | None = None
+        self.hold = False
+        self.requested, self.release = threading.Event(), threading.Event()
+        self.answered = threading.Event()
+        httpserver.expect_request("/api/models/x/").respond_with_handler(self.answer)
+
+    def answer(self, request: Any) -> Any:
+        after = int(request.args.get("after", 0))
+        if after:
+            self.requested.set()
+        if self.hold and after:
+            self.release.wait(10)
+        try:
+            if self.fail_after is not None and after >= self.fail_after:
+                return Response('{"error": "unavailable", "detail": "down"}', 503)
+            results = [{"id": i} for i in range(after + 1, min(after + 2, self.rows) + 1)]
+            more = results and results[-1]["id"] < self.rows
+            next_url = None
+            if more:
+                next_url = self.httpserver.url_for(f"/api/models/x/?after={after + 2}")
+            headers = {"Link": f'<{next_url}>; rel="next"'} if self.link and next_url else {}
+            body = json.dumps({"results": results, "next": next_url})
+            return Response(body, 200, headers, content_type="application/json")
+        finally:
+            if after:
+                self.answered.set()
+
+
+def test_instances_follows_next_from_a_server_without_link_headers(httpserver: HTTPServer) -> None:
+    Pages(httpserver, rows=5)
+    with Service(httpserver.url_for("/api/"), token="t") as service:
+        assert [row["id"] for row in service.instances("x")] == [1, 2, 3, 4, 5]
+
+
+def test_instances_raises_a_failed_page_read_ahead_after_the_rows_before_it(
+    httpserver: HTTPServer,
+) -> None:
+    pages = Pages(httpserver, rows=6, link=True)
+    pages.fail_after = 2
+    seen: list[int] = []
+    with Service(httpserver.url_for("/api/"), token="t") as service:
+        with pytest.raises(ServiceUnavailable):
+            for row in service.instances("x"):
+                seen.append(row["id"])
+    assert seen == [1, 2]
+
+
+def test_stopping_early_does_not_wait_for_the_page_read_ahead(httpserver: HTTPServer) -> None:
+    pages = Pages(httpserver, rows=6, link=True)
+    pages.hold = True
+    with Service(httpserver.url_for("/api/"), token="t") as service:
+        rows = service.instances("x")
+        assert next(rows) == {"id": 1}
+        assert pages.requested.wait(10)  # read ahead
+        rows.close()
+        assert not pages.answered.is_set()  # the second page is still being answered
+        pages.release.set()
+        assert [row["id"] for row in service.instances("x")] == [1, 2, 3, 4, 5, 6]
 
 
 def test_instance_returns_the_row(service: Service) -> None:

@@ -77,6 +77,16 @@ def test_instances_page_through_2500_rows_each_exactly_once(admin_client: Client
 
 
 @HORIZON
+def test_pages_name_the_next_page_in_a_link_header_too(admin_client: Client) -> None:
+    Customer.objects.bulk_create(Customer(name=f"c{i}") for i in range(3))
+    for url in (f"{API}/models/shop.customer/?limit=2", f"{API}/changes/?limit=2"):
+        first = admin_client.get(url)
+        assert first["Link"] == f'<{first.json()["next"]}>; rel="next"'
+    last = admin_client.get(f"{API}/models/shop.customer/?limit=3")
+    assert last.json()["next"] is None and "Link" not in last
+
+
+@HORIZON
 def test_instance_and_excluded_fields(admin_client: Client) -> None:
     customer = Customer.objects.create(name="Ann", password="never-shown")
     row = get(admin_client, f"{API}/models/shop.customer/{customer.pk}/")
