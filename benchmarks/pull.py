@@ -7,8 +7,9 @@ kept between requests) and read from this process with pages of 1,000 rows:
 
 - pubsubpull: ``pubsubpull.client.Service(...).instances("benchapp.trackedrow", limit=1000)``
   for scans (it asks for the next page while one is decoded) and one request for a single
-  page, authenticated with a Bearer token (``pubsubpull.auth.create_token``); keyset pages. Also from
-  a second server with ``CONN_MAX_AGE`` 0 (a database connection opened for every request).
+  page, authenticated with a Bearer token (``pubsubpull.auth.create_token``); keyset pages.
+  Also from a second server with ``CONN_MAX_AGE`` 0 (a database connection opened for
+  every request).
 - DRF: ``benchmarks.drf`` (a ``ModelSerializer`` + ``ModelViewSet``) with ``CursorPagination``
   ordered by primary key, and with ``LimitOffsetPagination``, read with ``requests`` following
   ``next``, authenticated by a session of the same user (HTTP Basic would hash the password on

@@ -24,11 +24,14 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth import authenticate as authenticate_password
+from django.contrib.auth import get_user_model
 from django.core.cache import cache
+from django.db import connection
 from django.http import HttpRequest
 from django.utils import timezone
 
 from .models import Token
+from .sql import render
 
 TOKEN_PREFIX = "psp_"
 
@@ -91,13 +94,19 @@ def authenticate(request: HttpRequest) -> Any | None:
 
 
 def _token_user(text: str) -> Any:
-    token = Token.objects.select_related("user").filter(digest=digest(text)).first()
-    if token is None or not token.user.is_active:
+    users = get_user_model()
+    pk_column = users._meta.pk.column
+    assert pk_column is not None  # a concrete model's primary key has a column
+    quote = connection.ops.quote_name
+    query = render("token_user", users=quote(users._meta.db_table), user_pk=quote(pk_column))
+    user: Any = next(iter(users._default_manager.raw(query, {"digest": digest(text)})), None)
+    if user is None or not user.is_active:
         raise AuthenticationFailed("invalid or revoked token")
-    now = timezone.now()
-    if token.last_used is None or now - token.last_used > timedelta(minutes=5):
-        Token.objects.filter(pk=token.pk).update(last_used=now)  # coarse, not per request
-    return token.user
+    now, last_used = timezone.now(), user.pubsubpull_token_last_used
+    if last_used is None or now - last_used > timedelta(minutes=5):
+        # coarse, not per request
+        Token.objects.filter(pk=user.pubsubpull_token_id).update(last_used=now)
+    return user
 
 
 def _basic_user(request: HttpRequest, credentials: str) -> Any:

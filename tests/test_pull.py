@@ -7,6 +7,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
@@ -17,6 +18,7 @@ from django.db import connection
 from django.test import Client
 
 from pubsubpull.auth import create_token
+from pubsubpull.models import Token
 from pubsubpull.positions import Position
 from test_project.shop.models import Customer, Order, Product
 from tests.helpers import raw_connection
@@ -346,6 +348,30 @@ def test_revoked_token_is_refused() -> None:
     token, text = create_token(user)
     token.delete()
     get(Client(), f"{API}/", status=401, HTTP_AUTHORIZATION=f"Bearer {text}")
+
+
+def test_a_token_of_an_inactive_user_is_refused() -> None:
+    user = User.objects.create_superuser("svc", password="svc-password")
+    _, text = create_token(user)
+    User.objects.filter(pk=user.pk).update(is_active=False)
+    get(Client(), f"{API}/", status=401, HTTP_AUTHORIZATION=f"Bearer {text}")
+
+
+def test_token_last_used_is_recorded_coarsely() -> None:
+    user = User.objects.create_superuser("svc", password="svc-password")
+    token, text = create_token(user)
+    assert token.last_used is None
+    get(Client(), f"{API}/", HTTP_AUTHORIZATION=f"Bearer {text}")
+    token.refresh_from_db()
+    first = token.last_used
+    assert first is not None
+    get(Client(), f"{API}/", HTTP_AUTHORIZATION=f"Bearer {text}")
+    token.refresh_from_db()
+    assert token.last_used == first  # not a write per request
+    Token.objects.filter(pk=token.pk).update(last_used=first - timedelta(minutes=6))
+    get(Client(), f"{API}/", HTTP_AUTHORIZATION=f"Bearer {text}")
+    token.refresh_from_db()
+    assert token.last_used > first
 
 
 def test_tokens_are_stored_hashed() -> None:
