@@ -246,6 +246,17 @@ def test_put_returns_the_response_headers(servers: Callable[..., Server]) -> Non
     assert response.headers["Content-Length"] == "4"
 
 
+def test_cookies_a_target_sets_are_never_sent_back(servers: Callable[..., Server]) -> None:
+    def respond(conn: socket.socket, number: int) -> bool:
+        conn.sendall(answer("200 OK", b"ok", "Set-Cookie: session=abc; Path=/\r\n"))
+        return True
+
+    server = servers(respond)
+    for _ in range(2):
+        assert put(server.url(), DATA, HEADERS, timeout=5.0).status == 200
+    assert [r.headers.get("cookie") for r in server.received] == [None, None]
+
+
 def test_response_is_frozen() -> None:
     response = Response(200, b"")
     with pytest.raises(AttributeError):
