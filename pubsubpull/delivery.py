@@ -449,7 +449,8 @@ def record(
     part_of: Batch | None = None,
     then: Batch | None = None,
 ) -> datetime | None:
-    """Store the attempt; on a 2xx advance the cursor in the same transaction.
+    """Store the attempt; on a 2xx advance the cursor in the same transaction (the same
+    statement, for a whole batch of a subscription that was not down).
 
     ``part_of``: the batch in flight, when ``batch`` is one change of it (the standard
     format): a 2xx moves the cursor past that change and keeps the batch in flight until
@@ -463,6 +464,12 @@ def record(
     flight = part_of or batch
     now = timezone.now()
     log_attempt(subscription, batch, attempt)
+    if attempt.ok and part_of is None and subscription.down_since is None:
+        # the common case, one statement; a subscription that was down needs telling
+        # operators it recovered, in the transaction below
+        if _batch_delivered(subscription, batch, attempt, now, then):
+            subscription.delivered(batch.last, now, then=then)
+        return now
     with transaction.atomic():
         attempt_row(subscription, batch, attempt).save()
         # Only the batch this attempt sent: a PUT that replayed or replaced the
@@ -484,6 +491,37 @@ def record(
                 recovered(subscription)
             return now
         return _fail(in_flight, subscription, attempt, now)
+
+
+def _batch_delivered(
+    subscription: Subscription, batch: Batch, attempt: Attempt, now: datetime, then: Batch | None
+) -> bool:
+    """Record the 2xx of ``batch`` (still in flight) in one statement: the attempt's row,
+    and the cursor moved past it with ``then`` in flight under the terms it was read with
+    (``sql/batch_delivered.sql``). Whether ``then`` went in flight."""
+    params: dict[str, Any] = {
+        "id": subscription.pk,
+        "flight": batch.id,
+        "first": str(batch.first),
+        "last": str(batch.last),
+        "count": len(batch.changes),
+        "status_code": attempt.status_code,
+        "error": attempt.error,
+        "duration": attempt.duration,
+        "request_headers": json.dumps(attempt.request_headers),
+        "response_headers": json.dumps(attempt.response_headers),
+        "response_body": attempt.response_body,
+        "sent": attempt.sent,
+        "answered": attempt.answered,
+        "at": now,
+        "updated": subscription.updated,
+        "then_id": then.id if then else "",
+        "then_end": str(then.last) if then else "",
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(load("batch_delivered"), params)
+        row = cursor.fetchone()
+    return bool(row and row[0])
 
 
 def attempt_row(subscription: Subscription, batch: Batch, attempt: Attempt) -> Delivery:

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from pubsubpull import delivery, local_subscribers, reads, subscriptions
 from pubsubpull.events import publish
-from pubsubpull.models import LOCAL_PREFIX, Subscription
+from pubsubpull.models import LOCAL_PREFIX, Delivery, Subscription
 from pubsubpull.positions import START, Position
 from test_project.shop.models import Customer, Order
 from tests.helpers import raw_connection
@@ -93,6 +94,39 @@ def test_record_leaves_a_subscription_replayed_meanwhile_alone(owner: User) -> N
     attempt = delivery.Attempt(200, "", timedelta(0))
     delivery.record(sub, batch, attempt)
     assert (state(sub)["cursor"], state(sub)["batch_id"]) == ("0-0", "")
+
+
+def test_record_of_a_2xx_is_one_statement_that_puts_the_batch_read_ahead_in_flight(
+    owner: User,
+) -> None:
+    sub = subscription(owner, **IN_FLIGHT)
+    sub = Subscription.objects.select_related("owner").get(pk=sub.pk)  # as delivery loads it
+    batch = delivery.Batch("b1", ["{}"], Position(1, 1), Position(9, 9))
+    then = delivery.Batch("b2", ["{}"], Position(10, 1), Position(12, 3))
+    attempt = delivery.Attempt(200, "", timedelta(seconds=0.5), request_headers={"a": "1"})
+    with CaptureQueriesContext(connection) as queries:
+        delivery.record(sub, batch, attempt, then=then)
+    assert len(queries) == 1  # no BEGIN, no second statement, no COMMIT
+    assert (state(sub)["cursor"], state(sub)["batch_id"]) == ("9-9", "b2")
+    assert (sub.cursor, sub.batch_id, sub.batch_end) == ("9-9", "b2", "12-3")
+    logged = Delivery.objects.get(subscription=sub)
+    assert (logged.batch_id, logged.first, logged.last, logged.count) == ("b1", "1-1", "9-9", 1)
+    assert (logged.status_code, logged.request_headers) == (200, {"a": "1"})
+    assert logged.duration == timedelta(seconds=0.5)
+
+
+def test_record_of_a_2xx_after_new_terms_moves_the_cursor_but_not_the_batch_read_ahead(
+    owner: User,
+) -> None:
+    sub = subscription(owner, **IN_FLIGHT)
+    sub.refresh_from_db()
+    Subscription.objects.filter(pk=sub.pk).update(updated=timezone.now())  # a PUT meanwhile
+    Subscription.objects.filter(pk=sub.pk).update(**IN_FLIGHT)  # that kept the batch
+    batch = delivery.Batch("b1", ["{}"], Position(1, 1), Position(9, 9))
+    then = delivery.Batch("b2", ["{}"], Position(10, 1), Position(12, 3))
+    delivery.record(sub, batch, delivery.Attempt(200, "", timedelta(0)), then=then)
+    assert (state(sub)["cursor"], state(sub)["batch_id"]) == ("9-9", "")
+    assert sub.batch_id == "b1"  # the instance is not told: the caller reloads
 
 
 def test_instance_methods_change_the_instance_until_saved(owner: User) -> None:
