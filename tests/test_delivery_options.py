@@ -54,7 +54,8 @@ def test_a_batch_ends_before_its_body_would_exceed_max_bytes(
     target = hook(httpserver, receiver)
     put(api, "sized", {"target": target, "topics": ["shop.customer.*"], "status": "paused"}, 201)
     for i in range(10):
-        Customer.objects.create(name=f"customer-{i:02}", email=f"c{i:02}@example.com")
+        # long enough that three changes are more than the smallest max_bytes (1,000)
+        Customer.objects.create(name=f"customer-{i:02}", email=f"c{i:02}{'x' * 100}@example.com")
     texts = sent_texts()
     assert len(texts) == 10
     # Three changes fit, whatever the few bytes by which their times and ids differ; a

@@ -36,6 +36,9 @@ FROZEN = {
     "0015_change_topic_index.sql": (
         "22963eb57a8003909654aea585b2e11bedcbf51989380ae52abcc57cb2fbe7fc"
     ),
+    "0016_change_json_compact.sql": (
+        "dd6f3a895cb6b0baf0ad4b051a436a2b06fdef39ec3aa8492f0e60e89a79bc88"
+    ),
 }
 
 
