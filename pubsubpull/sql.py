@@ -17,8 +17,17 @@ from importlib.resources import files
 
 @cache
 def load(name: str) -> str:
-    """The text of ``pubsubpull/sql/<name>.sql``."""
-    return files("pubsubpull").joinpath("sql", f"{name}.sql").read_text(encoding="utf-8")
+    """The text of ``pubsubpull/sql/<name>.sql`` without its comment lines.
+
+    The comments stay in the files, never in what is run: psycopg fills ``%(name)s``
+    placeholders wherever they stand (it does not parse SQL), and a value with a line break
+    filled into a comment would end the comment and run as SQL (a subscriber's filter, a
+    text primary key in ``?after=``).
+    """
+    text = files("pubsubpull").joinpath("sql", f"{name}.sql").read_text(encoding="utf-8")
+    return "".join(
+        line for line in text.splitlines(keepends=True) if not line.lstrip().startswith("--")
+    )
 
 
 def migration_sql(name: str) -> str:

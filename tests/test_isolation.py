@@ -19,6 +19,7 @@ import pytest
 import requests
 from django.contrib.auth.models import Permission, User
 from django.core.management import call_command
+from django.db import connection
 from pytest_django.live_server_helper import LiveServer
 from pytest_httpserver import HTTPServer
 
@@ -86,6 +87,28 @@ def test_a_filter_that_does_not_parse_is_refused_with_400_and_not_saved(
     assert response.status_code == 400, response.text
     assert list(response.json()["fields"]) == ["filter"]
     assert not Subscription.objects.filter(name="evil").exists()
+
+
+def test_a_filter_with_a_line_break_is_a_value_never_sql(
+    live_server: LiveServer, httpserver: HTTPServer
+) -> None:
+    # psycopg fills placeholders even inside SQL comments; a line break in the value ended
+    # the comment there and the rest ran as SQL (the queries are sent without comments now)
+    call = api_as(live_server, customer_viewer("attacker"))
+    target = httpserver.url_for("/lines")
+    injected = "x\n1; CREATE TABLE pubsubpull_pwned (); SELECT 1 --"
+    body = {"target": target, "filter": injected, "status": "paused"}
+    response = call("PUT", "subscriptions/injected/", body)
+    assert response.status_code == 400 and list(response.json()["fields"]) == ["filter"]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass('pubsubpull_pwned')")
+        assert cursor.fetchone()[0] is None
+    body = {"target": target, "filter": '$.new.name == "c1"\n', "status": "paused"}
+    response = call("PUT", "subscriptions/lines/", body)
+    assert response.status_code == 201, response.text
+    for i in range(3):
+        Customer.objects.create(name=f"c{i}")
+    assert call("GET", "subscriptions/lines/").json()["lag"] == 1  # the filter ran as written
 
 
 # What the red team used: each answered 500 (saved anyway) or 201, then broke every

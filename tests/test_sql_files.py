@@ -13,6 +13,8 @@ import re
 from importlib.resources import files
 from pathlib import Path
 
+from pubsubpull.sql import load
+
 PACKAGE = Path(str(files("pubsubpull")))
 MIGRATION_SQL = PACKAGE / "sql" / "migrations"
 
@@ -52,6 +54,16 @@ def test_every_runtime_sql_file_is_loaded_by_exact_name_and_every_name_exists() 
     present = {p.stem for p in (PACKAGE / "sql").glob("*.sql")}
     assert loaded - present == set(), "loaded but missing"
     assert present - loaded == set(), "SQL files no code loads"
+
+
+def test_runtime_sql_reaches_the_database_without_comments() -> None:
+    # psycopg fills %(name)s placeholders inside comments too, and a value with a line
+    # break ends a comment: load() drops comment lines, so none may follow code on a line
+    for path in sorted((PACKAGE / "sql").glob("*.sql")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.lstrip().startswith("--"):
+                assert "--" not in line, f"{path.name}:{number}: a comment after code"
+        assert "--" not in load(path.stem), path.name
 
 
 def test_every_migration_sql_file_is_applied_by_exactly_one_migration_of_its_number() -> None:
