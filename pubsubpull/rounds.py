@@ -9,8 +9,8 @@ a dozen queries each, so 20 subscriptions at 200 changes/s kept a worker's slots
    ``alone``: the round takes those jobs over), in one query; one that another sender
    holds is left to it (it looks for new changes when it lets go),
 2. load them (one query) and keep those a round may serve: active, nothing in flight, no
-   failure pending, no filter, batches to a webhook or a broker, not slow lately; the
-   others get a delivery job, as before,
+   failure pending, no filter, batches to a webhook or a broker, not slow lately (slower
+   than the round's usual send); the others get a delivery job, as before,
 3. read one page per group of subscriptions that read the same changes (owner, topics,
    payload, batch size), from the cursor furthest behind: each gets what follows its own,
 4. put every batch in flight (one query) and send them all at once (:data:`SENDERS`),
@@ -23,7 +23,9 @@ a dozen queries each, so 20 subscriptions at 200 changes/s kept a worker's slots
 The guarantees of delivery jobs hold: one batch in flight per subscription (claimed and
 marked as a job does), the cursor moved only by a 2xx, a stable ``webhook-id``; a batch
 whose recording was lost stays in flight and its job resends it. A round is the first turn
-of many jobs, done together; a backlog, a retry and a failure go on in jobs.
+of many jobs, done together; a retry and a failure go on in jobs, and so does a backlog
+that no other subscription of the round reads (pipelined); a backlog others read too
+stays in rounds, one page read for all of them per round.
 """
 
 from __future__ import annotations
@@ -60,9 +62,13 @@ from .models import Delivery, Subscription
 from .positions import Position
 from .sql import load
 
-#: A send that took longer (seconds) leaves its subscription to delivery jobs of its own for
-#: :data:`SLOW_FOR` seconds: a slow target holds no round back (a failed one has failures).
+#: A send that took longer (seconds), and :data:`SLOW_FACTOR` times longer than most of its
+#: round's sends, leaves its subscription to delivery jobs of its own for :data:`SLOW_FOR`
+#: seconds: a slow target holds no round back (a failed one has failures). Compared with
+#: the round's because an overloaded worker makes every send slow alike: left to jobs,
+#: each would cost a job and a page read per batch, and overload it more.
 SLOW_SEND = 0.25
+SLOW_FACTOR = 4.0
 SLOW_FOR = 60.0
 #: Seconds a round waits, once a send came back, for others to record with it.
 WAVE = 0.005
@@ -199,11 +205,15 @@ def _read(groups: list[Group], jobs: Jobs) -> list[tuple[Subscription, Batch]]:
             jobs.update((s.pk, Handoff(timezone.now())) for s in group)
             continue
         full = len(page.results) >= start.batch_size  # more may wait after this page
+        # A backlog goes on in a job of its own (pipelined) unless others read the same
+        # changes: then the next round serves them all with one read again (1,000
+        # subscriptions behind, each alone: a page read and a job per batch each).
+        shared = len(group) > 1
         for s in group:
             mine = _after(page, Position.parse(s.cursor))
             if mine.results:
                 batch = new_batch(s, mine)
-                batches.append((s, replace(batch, backlog=True) if full else batch))
+                batches.append((s, replace(batch, backlog=(full or batch.backlog) and not shared)))
             elif full:  # ahead of this page: the next round reads from its cursor
                 jobs[s.pk] = Handoff(timezone.now(), alone=False)
         if not page.results:
@@ -269,14 +279,30 @@ def _send(batches: list[tuple[Subscription, Batch]], jobs: Jobs, held: set[int])
         SENDERS.submit(send, s, b): (s, b) for s, b in batches
     }
     waiting = set(sending)
+    took: dict[int, float] = {}
     while waiting:
         done, waiting = wait(waiting, return_when=FIRST_COMPLETED)
         if waiting:  # those answering about as fast go in the same transaction
             more, waiting = wait(waiting, timeout=WAVE)
             done |= more
         wave = [(*sending[future], future.result()) for future in done]
+        took.update((s.pk, a.duration.total_seconds()) for s, _, a in wave)
         _record(wave, jobs)
         _let_go(held, {s.pk for s, _, _ in wave})
+    _remember_slow(took)
+
+
+def _remember_slow(took: dict[int, float]) -> None:
+    """Remember the subscriptions whose send was slow (:data:`SLOW_SEND`) next to the
+    round's usual send (its first quartile): left to jobs for :data:`SLOW_FOR` seconds."""
+    if not took:
+        return
+    usual = sorted(took.values())[len(took) // 4]
+    until = time.monotonic() + SLOW_FOR
+    with _slow_lock:
+        for subscription_id, seconds in took.items():
+            if seconds > SLOW_SEND and seconds > SLOW_FACTOR * usual:
+                _slow[subscription_id] = until
 
 
 def _record(wave: list[tuple[Subscription, Batch, Attempt]], jobs: Jobs) -> None:
@@ -285,9 +311,6 @@ def _record(wave: list[tuple[Subscription, Batch, Attempt]], jobs: Jobs) -> None
     now = timezone.now()
     delivered = [(s, b, a) for s, b, a in wave if a.ok]
     for s, b, a in wave:
-        if a.duration.total_seconds() > SLOW_SEND:
-            with _slow_lock:
-                _slow[s.pk] = time.monotonic() + SLOW_FOR
         if not a.ok:
             when = record(s, b, a)
             if when is not None:

@@ -167,6 +167,32 @@ def test_a_backlog_is_left_to_a_job_of_its_own(api: Client, httpserver: HTTPServ
 
 
 @override_settings(PUBSUBPULL=SETTINGS)
+def test_a_backlog_others_read_too_stays_in_rounds(api: Client, httpserver: HTTPServer) -> None:
+    receivers = [Receiver() for _ in range(3)]
+    cursor = str(reads.now())
+    subscriptions = [
+        subscribe(api, httpserver, f"b{i}", r, batch_size=2, cursor=cursor)
+        for i, r in enumerate(receivers)
+    ]
+    for i in range(5):
+        Customer.objects.create(name=f"n{i}")
+    visible(5)
+
+    with CaptureQueriesContext(connection) as queries:
+        jobs = rounds.deliver([s.pk for s in subscriptions])
+        assert page_reads(queries) == 1
+        assert all(not jobs[s.pk].alone for s in subscriptions)  # for the next round
+        more = rounds.deliver([s.pk for s in subscriptions])
+        assert page_reads(queries) == 2  # one read for all three again, not one each
+
+    assert all(not more[s.pk].alone for s in subscriptions)
+    for receiver in receivers:
+        assert [c["new"]["name"] for c in receiver.changes()] == ["n0", "n1", "n2", "n3"]
+    assert rounds.deliver([s.pk for s in subscriptions]) == {}  # the last one: caught up
+    assert all(len(r.changes()) == 5 for r in receivers)
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
 def test_a_failing_target_is_recorded_and_retried_alone_the_others_delivered(
     api: Client, httpserver: HTTPServer
 ) -> None:
@@ -335,21 +361,84 @@ def test_rounds_give_way_to_a_job_queued_alone(api: Client, httpserver: HTTPServ
 
 
 @override_settings(PUBSUBPULL=SETTINGS)
-def test_a_slow_target_is_left_to_jobs_for_a_while(
+def test_a_job_that_stops_with_a_backlog_leaves_it_to_a_round_and_a_retry_alone(
     api: Client, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(tasks, "JOB_SECONDS", 0.0)  # each job stops after one batch
+    receiver = Receiver(statuses=[204, 500])
+    subscription = subscribe(api, httpserver, "b", receiver, batch_size=2)
+    for i in range(5):
+        Customer.objects.create(name=f"n{i}")
+    visible(5)
+    connection.cursor().execute("DELETE FROM procrastinate_jobs")  # the PUT's wake-up
+
+    tasks.deliver(subscription.pk, alone=True)
+
+    assert [c["new"]["name"] for c in receiver.changes()] == ["n0", "n1"]
+    # a round reads for it and for others reading the same changes (and sends it back
+    # alone when it reads them alone: test_a_backlog_is_left_to_a_job_of_its_own)
+    assert waiting_jobs() == {subscription.pk: {"subscription_id": subscription.pk}}
+
+    connection.cursor().execute("DELETE FROM procrastinate_jobs")
+    tasks.deliver(subscription.pk, alone=True)  # answered 500: a retry, later
+
+    assert len(receiver.requests) == 2
+    assert waiting_jobs() == {subscription.pk: {"subscription_id": subscription.pk, "alone": True}}
+
+
+@pytest.fixture
+def threaded_server() -> Iterator[HTTPServer]:
+    """A loopback server answering requests at the same time (``httpserver``: one by one)."""
+    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    server.start()
+    yield server
+    server.clear()
+    server.stop()
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
+def test_a_slow_target_is_left_to_jobs_for_a_while(
+    api: Client,
+    httpserver: HTTPServer,
+    threaded_server: HTTPServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(rounds, "SLOW_SEND", 0.05)
-    receiver = Receiver(delay=0.1)
-    subscription = subscribe(api, httpserver, "slow", receiver)
+    slow, fast = Receiver(delay=0.3), Receiver()
+    cursor = str(reads.now())
+    subscription = subscribe(api, threaded_server, "slow", slow, cursor=cursor)
+    other = subscribe(api, httpserver, "fast", fast, cursor=cursor)
     Customer.objects.create(name="n0")
     visible(1)
 
-    assert rounds.deliver([subscription.pk]) == {}
-    assert len(receiver.requests) == 1 and rounds.is_slow(subscription.pk)
+    assert rounds.deliver([subscription.pk, other.pk]) == {}
+    assert len(slow.requests) == 1 and rounds.is_slow(subscription.pk)
+    assert not rounds.is_slow(other.pk)
     Customer.objects.create(name="n1")
     visible(2)
-    assert rounds.deliver([subscription.pk])[subscription.pk].alone
-    assert len(receiver.requests) == 1
+    jobs = rounds.deliver([subscription.pk, other.pk])
+    assert list(jobs) == [subscription.pk] and jobs[subscription.pk].alone
+    assert len(slow.requests) == 1 and len(fast.requests) == 2
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
+def test_a_round_whose_sends_are_all_slow_leaves_none_to_jobs(
+    api: Client, threaded_server: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An overloaded worker makes every send of a round slow alike. Left to jobs of their
+    # own, each would cost a job and a page read per batch, and overload it more.
+    monkeypatch.setattr(rounds, "SLOW_SEND", 0.05)
+    receivers = [Receiver(delay=0.2) for _ in range(3)]
+    cursor = str(reads.now())
+    subscriptions = [
+        subscribe(api, threaded_server, f"s{i}", r, cursor=cursor) for i, r in enumerate(receivers)
+    ]
+    Customer.objects.create(name="n0")
+    visible(1)
+
+    assert rounds.deliver([s.pk for s in subscriptions]) == {}
+    assert all(len(r.requests) == 1 for r in receivers)
+    assert not any(rounds.is_slow(s.pk) for s in subscriptions)
 
 
 @override_settings(PUBSUBPULL=SETTINGS)
