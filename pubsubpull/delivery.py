@@ -838,17 +838,54 @@ def has_work(subscription_id: int) -> bool:
 
 
 def due_subscriptions(skip: set[int] | frozenset[int] = frozenset()) -> list[int]:
-    """Due subscriptions that no sender has claimed (a sender looks again for more work
-    after letting go of its claim), leaving out the ids in ``skip``."""
+    """Due subscriptions (see :func:`is_due`) that no sender has claimed (a sender looks
+    again for more work after letting go of its claim), leaving out the ids in ``skip``.
+
+    Subscriptions reading the same changes (owner, topics) are looked at together: a few
+    reads per group rather than one per subscription (10,000 subscriptions: 13 s of
+    queries in every sweep)."""
     now = timezone.now()
     busy = claimed_subscriptions() | skip
-    return [
-        subscription.pk
-        for subscription in Subscription.objects.select_related("owner").filter(
-            status=Subscription.Status.ACTIVE
-        )
-        if subscription.pk not in busy and is_due(subscription, now)
-    ]
+    due: list[int] = []
+    groups: dict[tuple[Any, ...], list[Subscription]] = {}
+    for subscription in Subscription.objects.select_related("owner").filter(
+        status=Subscription.Status.ACTIVE
+    ):
+        if subscription.pk in busy or (
+            subscription.next_attempt and subscription.next_attempt > now
+        ):
+            continue
+        if subscription.batch_end:
+            due.append(subscription.pk)
+        else:
+            key = (subscription.owner_id, tuple(subscription.topics))
+            groups.setdefault(key, []).append(subscription)
+    for group in groups.values():
+        due.extend(_behind(group))
+    return sorted(due)
+
+
+def _behind(group: list[Subscription]) -> list[int]:
+    """Those of ``group`` (one owner, the same topics) with visible changes after their
+    cursors, as :func:`is_due` finds them: a read from the cursor furthest behind finds
+    the first change; every cursor before it is due, and the next read starts from the
+    first cursor not before it."""
+    labels, _, patterns, events = _selection(group[0])
+    waiting = sorted(group, key=lambda s: Position.parse(s.cursor))
+    i = 0
+    while i < len(waiting):
+        try:
+            page = reads.changes_page(
+                labels, Position.parse(waiting[i].cursor), patterns, 1, events=events
+            )
+        except reads.QueryFailed:
+            return [s.pk for s in waiting]  # their delivery jobs record the failure
+        if not page.results:
+            break
+        first = page.positions[0]
+        while i < len(waiting) and Position.parse(waiting[i].cursor) < first:
+            i += 1
+    return [s.pk for s in waiting[:i]]
 
 
 PING = webhooks.PING_TOPIC  # the topic of a ping

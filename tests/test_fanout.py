@@ -88,6 +88,53 @@ def test_the_cost_does_not_grow_with_the_subscriptions(owner: User) -> None:
     assert many == (2, 1 + 100 + 100)  # still two queries; customer.* and shop.# match
 
 
+def test_the_sweep_reads_a_few_pages_per_topic_group_not_one_per_subscription(
+    owner: User,
+) -> None:
+    from pubsubpull import delivery, reads
+    from pubsubpull.positions import START, Position
+
+    Customer.objects.create(name="first")
+    Customer.objects.create(name="second")
+    labels, events = reads.scope(None)
+
+    def customers() -> list[Position]:
+        return reads.changes_page(labels, START, ["shop.customer.*"], 10, events=events).positions
+
+    deadline = time.monotonic() + 10
+    while len(customers()) < 2:
+        assert time.monotonic() < deadline  # below the horizon once their transactions ended
+        time.sleep(0.01)
+    first, last = customers()
+
+    def subscriptions(prefix: str, count: int, topics: list[str], cursor: Position) -> list[int]:
+        return [
+            Subscription.objects.create(
+                owner=owner,
+                name=f"{prefix}{n}",
+                target="https://example.com/hook",
+                topics=topics,
+                cursor=str(cursor),
+            ).pk
+            for n in range(count)
+        ]
+
+    behind = subscriptions("behind", 10, ["shop.customer.*"], START)
+    between = subscriptions("between", 10, ["shop.customer.*"], first)
+    subscriptions("caught-up", 10, ["shop.customer.*"], last)
+    subscriptions("orders", 5, ["shop.order.*"], START)  # no order written: none due
+    in_flight = subscriptions("in-flight", 1, ["shop.order.*"], START)
+    Subscription.objects.filter(pk__in=in_flight).update(batch_id="b", batch_end=str(last))
+
+    with CaptureQueriesContext(connection) as queries:
+        due = delivery.due_subscriptions()
+
+    assert due == sorted(behind + between + in_flight)
+    # customers: from the cursor furthest behind, from the first change, from the last;
+    # orders: one; the batch in flight needs none
+    assert sum("pubsubpull_change_json" in q["sql"] for q in queries.captured_queries) == 4
+
+
 def test_a_pattern_no_put_would_accept_matches_everything(owner: User) -> None:
     broken = subscription(owner, "broken", ["not a pattern!"])
     fanout.concerned()
