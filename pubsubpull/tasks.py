@@ -23,7 +23,7 @@ from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 from procrastinate import exceptions
 from procrastinate.contrib.django import app
-from procrastinate.jobs import Status
+from procrastinate.jobs import Job, Status
 
 from . import conf, delivery, fanout, local_subscribers, prune, rounds, worker
 from .sql import load
@@ -64,16 +64,21 @@ def defer_delivery(subscription_id: int, at: datetime | None = None, alone: bool
     job queued behind a Procrastinate lock waits for the worker's next poll (5 s) after
     the lock is released, which stalled a subscription with a backlog between jobs.
     """
-    schedule_at = at if at is not None and at > timezone.now() else None
+    job = _delivery_job(subscription_id, at, alone)
     try:
-        deliver.configure(
-            queueing_lock=subscription_lock(subscription_id), schedule_at=schedule_at
-        ).defer(subscription_id=subscription_id, **({"alone": True} if alone else {}))
+        app.job_manager.defer_job(job)
     except exceptions.AlreadyEnqueued:
         return False  # the waiting job will see the changes too
-    if schedule_at is None:
+    if job.scheduled_at is None:
         worker.nudge()
     return True
+
+
+def _delivery_job(subscription_id: int, at: datetime | None, alone: bool) -> Job:
+    schedule_at = at if at is not None and at > timezone.now() else None
+    return deliver.configure(
+        queueing_lock=subscription_lock(subscription_id), schedule_at=schedule_at
+    ).make_new_job(subscription_id=subscription_id, **({"alone": True} if alone else {}))
 
 
 def wake(subscription_id: int) -> None:
@@ -191,7 +196,19 @@ def _in_rounds(subscription_ids: list[int]) -> None:
 
 
 def _hand_off(jobs: rounds.Jobs) -> None:
-    """Queue the delivery jobs a round left subscriptions to."""
+    """Queue the delivery jobs a round left subscriptions to, in one query (a round of
+    2,500 subscriptions queued them one query each: a seventh of the worker's time); one
+    by one if a job of one of them waits already (the query then queued none)."""
+    if len(jobs) > 1:
+        queued = [_delivery_job(i, handoff.at, handoff.alone) for i, handoff in jobs.items()]
+        try:
+            app.job_manager.batch_defer_jobs(queued)
+        except exceptions.AlreadyEnqueued:
+            pass
+        else:
+            if any(job.scheduled_at is None for job in queued):
+                worker.nudge()
+            return
     for subscription_id, handoff in jobs.items():
         defer_delivery(subscription_id, handoff.at, handoff.alone)
 

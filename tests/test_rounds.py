@@ -386,6 +386,38 @@ def test_a_job_that_stops_with_a_backlog_leaves_it_to_a_round_and_a_retry_alone(
     assert waiting_jobs() == {subscription.pk: {"subscription_id": subscription.pk, "alone": True}}
 
 
+def test_the_jobs_a_round_leaves_are_queued_in_one_query_or_one_by_one_if_one_waits(
+    owner: User,
+) -> None:
+    ids = [
+        Subscription.objects.create(owner=owner, name=f"s{i}", target="https://example.com/").pk
+        for i in range(4)
+    ]
+    later = timezone.now() + timedelta(minutes=5)
+    left = {
+        ids[0]: rounds.Handoff(timezone.now(), alone=False),
+        ids[1]: rounds.Handoff(timezone.now()),
+        ids[2]: rounds.Handoff(later),
+    }
+    with CaptureQueriesContext(connection) as queries:
+        tasks._hand_off(left)
+    assert sum("procrastinate_defer_jobs" in q["sql"] for q in queries.captured_queries) == 1
+    assert waiting_jobs() == {
+        ids[0]: {"subscription_id": ids[0]},
+        ids[1]: {"subscription_id": ids[1], "alone": True},
+        ids[2]: {"subscription_id": ids[2], "alone": True},
+    }
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT scheduled_at FROM procrastinate_jobs ORDER BY id")
+        assert [row[0] for row in cursor.fetchall()] == [None, None, later]
+
+    connection.cursor().execute(
+        "DELETE FROM procrastinate_jobs WHERE args->>'subscription_id' <> %s", [str(ids[0])]
+    )
+    tasks._hand_off({i: rounds.Handoff(timezone.now(), alone=False) for i in ids})
+    assert waiting_jobs() == {i: {"subscription_id": i} for i in ids}  # none lost
+
+
 @pytest.fixture
 def threaded_server() -> Iterator[HTTPServer]:
     """A loopback server answering requests at the same time (``httpserver``: one by one)."""
