@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timedelta
 
 from asgiref.sync import sync_to_async
@@ -66,12 +67,19 @@ def defer_delivery(subscription_id: int, at: datetime | None = None, alone: bool
     """
     job = _delivery_job(subscription_id, at, alone)
     try:
-        app.job_manager.defer_job(job)
+        with _savepoint():
+            app.job_manager.defer_job(job)
     except exceptions.AlreadyEnqueued:
         return False  # the waiting job will see the changes too
     if job.scheduled_at is None:
         worker.nudge()
     return True
+
+
+def _savepoint() -> AbstractContextManager[object]:
+    """Inside a caller's transaction, a savepoint: a job refused as already queued would
+    abort that transaction. In autocommit, nothing (no BEGIN and COMMIT per job)."""
+    return transaction.atomic() if connection.in_atomic_block else nullcontext()
 
 
 def _delivery_job(subscription_id: int, at: datetime | None, alone: bool) -> Job:
@@ -202,7 +210,8 @@ def _hand_off(jobs: rounds.Jobs) -> None:
     if len(jobs) > 1:
         queued = [_delivery_job(i, handoff.at, handoff.alone) for i, handoff in jobs.items()]
         try:
-            app.job_manager.batch_defer_jobs(queued)
+            with _savepoint():
+                app.job_manager.batch_defer_jobs(queued)
         except exceptions.AlreadyEnqueued:
             pass
         else:
