@@ -193,31 +193,36 @@ def _groups(subscriptions: list[Subscription]) -> list[Group]:
 
 
 def _read(groups: list[Group], jobs: Jobs) -> list[tuple[Subscription, Batch]]:
-    """A new batch for each subscription with changes waiting: one page read per group,
-    from the cursor furthest behind; each subscription gets what lies after its own. A
-    caught-up group's cursors move up to the horizon, as a job's read moves one."""
+    """A new batch for each subscription with changes waiting: a page read per group from
+    the cursor furthest behind, each subscription getting what lies after its own; those
+    ahead of a full page get another read, from the furthest behind of them. A caught-up
+    group's cursors move up to the horizon, as a job's read moves one."""
     batches: list[tuple[Subscription, Batch]] = []
     for group in groups:
-        start = min(group, key=lambda s: Position.parse(s.cursor))
-        try:
-            page = pending(start, start.batch_size)
-        except reads.QueryFailed:  # its topics took too long: jobs record the failure
-            jobs.update((s.pk, Handoff(timezone.now())) for s in group)
-            continue
-        full = len(page.results) >= start.batch_size  # more may wait after this page
-        # A backlog goes on in a job of its own (pipelined) unless others read the same
-        # changes: then the next round serves them all with one read again (1,000
-        # subscriptions behind, each alone: a page read and a job per batch each).
-        shared = len(group) > 1
-        for s in group:
-            mine = _after(page, Position.parse(s.cursor))
-            if mine.results:
+        waiting = sorted(group, key=lambda s: Position.parse(s.cursor))
+        while waiting:
+            start = waiting[0]
+            try:
+                page = pending(start, start.batch_size)
+            except reads.QueryFailed:  # its topics took too long: jobs record the failure
+                jobs.update((s.pk, Handoff(timezone.now())) for s in waiting)
+                break
+            if not page.results:
+                _caught_up(waiting, page.cursor(Position.parse(start.cursor), start.batch_size))
+                break
+            full = len(page.results) >= start.batch_size  # more may wait after this page
+            read = [(s, _after(page, Position.parse(s.cursor))) for s in waiting]
+            served = [(s, mine) for s, mine in read if mine.results]
+            # A backlog that others read too stays in rounds: the next round reads once
+            # for all of them (1,000 subscriptions behind, each drained alone: a job and
+            # a page read per batch each). Read alone, it goes on in a job (pipelined).
+            shared = len(served) > 1
+            for s, mine in served:
                 batch = new_batch(s, mine)
                 batches.append((s, replace(batch, backlog=(full or batch.backlog) and not shared)))
-            elif full:  # ahead of this page: the next round reads from its cursor
-                jobs[s.pk] = Handoff(timezone.now(), alone=False)
-        if not page.results:
-            _caught_up(group, page.cursor(Position.parse(start.cursor), start.batch_size))
+            # Ahead of a full page: they read on from their own cursors (one far behind,
+            # a replay say, never holds the others back)
+            waiting = [s for s, mine in read if not mine.results] if full else []
     return batches
 
 

@@ -193,6 +193,30 @@ def test_a_backlog_others_read_too_stays_in_rounds(api: Client, httpserver: HTTP
 
 
 @override_settings(PUBSUBPULL=SETTINGS)
+def test_one_far_behind_holds_no_other_of_its_group_back(
+    api: Client, httpserver: HTTPServer
+) -> None:
+    far, near = Receiver(), Receiver()
+    replaying = subscribe(api, httpserver, "far", far, batch_size=2, cursor=str(reads.now()))
+    for i in range(5):
+        Customer.objects.create(name=f"n{i}")
+    visible(5)
+    labels, events = reads.scope(None)
+    customers = reads.changes_page(labels, Position(0, 0), ["shop.customer.*"], 10, events=events)
+    caught_up = subscribe(
+        api, httpserver, "near", near, batch_size=2, cursor=str(customers.positions[3])
+    )
+
+    with CaptureQueriesContext(connection) as queries:
+        jobs = rounds.deliver([replaying.pk, caught_up.pk])
+
+    assert [c["new"]["name"] for c in far.changes()] == ["n0", "n1"]
+    assert [c["new"]["name"] for c in near.changes()] == ["n4"]  # in the same round
+    assert page_reads(queries) == 2  # from each one's cursor
+    assert list(jobs) == [replaying.pk] and jobs[replaying.pk].alone  # drained pipelined
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
 def test_a_failing_target_is_recorded_and_retried_alone_the_others_delivered(
     api: Client, httpserver: HTTPServer
 ) -> None:
