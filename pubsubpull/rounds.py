@@ -70,6 +70,9 @@ from .sql import load
 SLOW_SEND = 0.25
 SLOW_FACTOR = 4.0
 SLOW_FOR = 60.0
+#: Pages (batches) ahead of the subscriptions behind it in its group beyond which a
+#: subscription gets a read of its own in a round rather than waiting for them.
+SPREAD = 10
 #: Seconds a round waits, once a send came back, for others to record with it.
 WAVE = 0.005
 #: Waiting delivery jobs one round takes over at most.
@@ -194,9 +197,16 @@ def _groups(subscriptions: list[Subscription]) -> list[Group]:
 
 def _read(groups: list[Group], jobs: Jobs) -> list[tuple[Subscription, Batch]]:
     """A new batch for each subscription with changes waiting: a page read per group from
-    the cursor furthest behind, each subscription getting what lies after its own; those
-    ahead of a full page get another read, from the furthest behind of them. A caught-up
-    group's cursors move up to the horizon, as a job's read moves one."""
+    the cursor furthest behind, each subscription getting what lies after its own. A
+    caught-up group's cursors move up to the horizon, as a job's read moves one.
+
+    A backlog stays in rounds, which read once for all the subscriptions of a group (1,000
+    subscriptions behind, each drained by a job of its own: a job and a page read per batch
+    each, and they never caught up). Those ahead of a full page wait for the next round,
+    so that the ones behind catch up and one read serves all again; unless they are more
+    than :data:`SPREAD` pages ahead (one far behind, a replay, holds no other back): they
+    get a read of their own, and the one behind, read alone, is drained by a job of its
+    own, pipelined, as is the backlog of a group of one."""
     batches: list[tuple[Subscription, Batch]] = []
     for group in groups:
         waiting = sorted(group, key=lambda s: Position.parse(s.cursor))
@@ -207,22 +217,22 @@ def _read(groups: list[Group], jobs: Jobs) -> list[tuple[Subscription, Batch]]:
             except reads.QueryFailed:  # its topics took too long: jobs record the failure
                 jobs.update((s.pk, Handoff(timezone.now())) for s in waiting)
                 break
-            if not page.results:
+            if not page.results or page.last is None:
                 _caught_up(waiting, page.cursor(Position.parse(start.cursor), start.batch_size))
                 break
             full = len(page.results) >= start.batch_size  # more may wait after this page
             read = [(s, _after(page, Position.parse(s.cursor))) for s in waiting]
             served = [(s, mine) for s, mine in read if mine.results]
-            # A backlog that others read too stays in rounds: the next round reads once
-            # for all of them (1,000 subscriptions behind, each drained alone: a job and
-            # a page read per batch each). Read alone, it goes on in a job (pipelined).
-            shared = len(served) > 1
+            ahead = [s for s, mine in read if not mine.results] if full else []
+            # change ids count every change in between: at least the pages between
+            reach = page.last.id + SPREAD * start.batch_size
+            far = [s for s in ahead if Position.parse(s.cursor).id > reach]
+            alone = len(served) == 1 and (len(group) == 1 or bool(far))
             for s, mine in served:
                 batch = new_batch(s, mine)
-                batches.append((s, replace(batch, backlog=(full or batch.backlog) and not shared)))
-            # Ahead of a full page: they read on from their own cursors (one far behind,
-            # a replay say, never holds the others back)
-            waiting = [s for s, mine in read if not mine.results] if full else []
+                batches.append((s, replace(batch, backlog=(full or batch.backlog) and alone)))
+            jobs.update((s.pk, Handoff(timezone.now(), alone=False)) for s in ahead if s not in far)
+            waiting = far
     return batches
 
 

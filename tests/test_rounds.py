@@ -196,24 +196,32 @@ def test_a_backlog_others_read_too_stays_in_rounds(api: Client, httpserver: HTTP
 def test_one_far_behind_holds_no_other_of_its_group_back(
     api: Client, httpserver: HTTPServer
 ) -> None:
-    far, near = Receiver(), Receiver()
-    replaying = subscribe(api, httpserver, "far", far, batch_size=2, cursor=str(reads.now()))
-    for i in range(5):
+    far, near, close = Receiver(), Receiver(), Receiver()
+    cursor = str(reads.now())
+    replaying = subscribe(api, httpserver, "far", far, batch_size=2, cursor=cursor)
+    for i in range(30):
         Customer.objects.create(name=f"n{i}")
-    visible(5)
+    visible(30)
     labels, events = reads.scope(None)
-    customers = reads.changes_page(labels, Position(0, 0), ["shop.customer.*"], 10, events=events)
-    caught_up = subscribe(
-        api, httpserver, "near", near, batch_size=2, cursor=str(customers.positions[3])
+    customers = reads.changes_page(labels, Position(0, 0), ["shop.customer.*"], 30, events=events)
+    ahead = subscribe(
+        api, httpserver, "near", near, batch_size=2, cursor=str(customers.positions[28])
     )
+    behind_it = subscribe(  # within rounds.SPREAD pages of the replay's page: waits a round
+        api, httpserver, "close", close, batch_size=2, cursor=str(customers.positions[2])
+    )
+    ids = [replaying.pk, ahead.pk, behind_it.pk]
 
     with CaptureQueriesContext(connection) as queries:
-        jobs = rounds.deliver([replaying.pk, caught_up.pk])
+        jobs = rounds.deliver(ids)
 
     assert [c["new"]["name"] for c in far.changes()] == ["n0", "n1"]
-    assert [c["new"]["name"] for c in near.changes()] == ["n4"]  # in the same round
-    assert page_reads(queries) == 2  # from each one's cursor
-    assert list(jobs) == [replaying.pk] and jobs[replaying.pk].alone  # drained pipelined
+    assert [c["new"]["name"] for c in near.changes()] == ["n29"]  # in the same round
+    assert close.changes() == []
+    assert page_reads(queries) == 2  # from the replay's cursor, from the near one's
+    assert jobs[replaying.pk].alone  # read alone: drained pipelined by a job of its own
+    assert not jobs[behind_it.pk].alone  # the next round: one read for it and the replay
+    assert ahead.pk not in jobs
 
 
 @override_settings(PUBSUBPULL=SETTINGS)
