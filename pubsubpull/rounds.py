@@ -231,7 +231,10 @@ def _read(groups: list[Group], jobs: Jobs) -> list[tuple[Subscription, Batch]]:
             for s, mine in served:
                 batch = new_batch(s, mine)
                 batches.append((s, replace(batch, backlog=(full or batch.backlog) and alone)))
-            jobs.update((s.pk, Handoff(timezone.now(), alone=False)) for s in ahead if s not in far)
+            far_ids = {s.pk for s in far}
+            jobs.update(
+                (s.pk, Handoff(timezone.now(), alone=False)) for s in ahead if s.pk not in far_ids
+            )
             waiting = far
     return batches
 
