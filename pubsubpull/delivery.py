@@ -817,18 +817,16 @@ def is_due(subscription: Subscription, now: datetime) -> bool:
     """Active, no retry scheduled later, and a batch in flight or visible changes of its
     topics waiting. The filter is left to the delivery job: a slow or failing filter
     costs its own subscription's job, never the dispatch that serves everyone."""
+    if not _may_send(subscription, now):
+        return False
+    return bool(subscription.batch_end) or bool(_behind([subscription]))
+
+
+def _may_send(subscription: Subscription, now: datetime) -> bool:
+    """Active, and no retry scheduled later."""
     if subscription.status != Subscription.Status.ACTIVE:
         return False
-    if subscription.next_attempt and subscription.next_attempt > now:
-        return False
-    if subscription.batch_end:
-        return True
-    labels, after, patterns, events = _selection(subscription)
-    try:
-        page = reads.changes_page(labels, after, patterns, 1, events=events)
-    except reads.QueryFailed:
-        return True  # its delivery job records the failure
-    return bool(page.results)
+    return not (subscription.next_attempt and subscription.next_attempt > now)
 
 
 def has_work(subscription_id: int) -> bool:
@@ -851,9 +849,7 @@ def due_subscriptions(skip: set[int] | frozenset[int] = frozenset()) -> list[int
     for subscription in Subscription.objects.select_related("owner").filter(
         status=Subscription.Status.ACTIVE
     ):
-        if subscription.pk in busy or (
-            subscription.next_attempt and subscription.next_attempt > now
-        ):
+        if subscription.pk in busy or not _may_send(subscription, now):
             continue
         if subscription.batch_end:
             due.append(subscription.pk)
