@@ -98,8 +98,17 @@ class Change(_Immutable):
     object_pk = models.TextField(null=True, blank=True, db_column="pk")  # noqa: DJ001 - truncate has none
     old = models.JSONField(null=True, blank=True)
     new = models.JSONField(null=True, blank=True)
+    # No constraint: the capture writes the Request row itself (pubsubpull_save_request),
+    # and a constraint costs every tracked write a deferred check at commit. Indexed only
+    # where set (Meta), so changes made outside a request (jobs, bulk loads) add no entry.
     request = models.ForeignKey(
-        Request, null=True, blank=True, on_delete=models.PROTECT, related_name="changes"
+        Request,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="changes",
+        db_constraint=False,
+        db_index=False,
     )
     context = models.JSONField(null=True, blank=True)
     created = models.DateTimeField(db_default=Now(), editable=False)
@@ -111,6 +120,12 @@ class Change(_Immutable):
             # The admin: a model's changes newest first (the model filter). Its date filter
             # has a BRIN index on created, made by migration 0013 in SQL only.
             models.Index(fields=["model", "id"], name="pubsubpull_change_model"),
+            # A request's changes (the admin, prune): changes outside a request have none.
+            models.Index(
+                fields=["request"],
+                name="pubsubpull_change_request",
+                condition=models.Q(request__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:

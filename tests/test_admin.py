@@ -781,3 +781,15 @@ def test_subscription_page_without_attempts(
 ) -> None:
     assert "none yet" in root_client.get(url(subscription)).content.decode()
     assert root_client.get(url()).status_code == 200  # the add page: no attempts field
+
+
+def test_a_change_whose_request_row_is_gone_still_shows(staff: Client) -> None:
+    # Changes hold no constraint on their request (migration 0017): a Request row deleted
+    # by hand leaves its changes pointing at nothing, and the admin shows them without it.
+    change = Change.objects.get(topic="shop.customer.insert")
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM pubsubpull_request")
+    assert staff.get(f"/admin/pubsubpull/change/{change.pk}/change/").status_code == 200
+    listed = staff.get("/admin/pubsubpull/change/")
+    assert listed.status_code == 200
+    assert change.pk in [c.pk for c in listed.context["cl"].result_list]

@@ -41,6 +41,12 @@ FROZEN = {
     "0016_change_json_compact.sql": (
         "dd6f3a895cb6b0baf0ad4b051a436a2b06fdef39ec3aa8492f0e60e89a79bc88"
     ),
+    "0017_change_request_constraint.sql": (
+        "80ba43f795bd44834fdfa685900c62300fd266ee1441f70668ad226d8a61f9e9"
+    ),
+    "0017_change_request_full_index.sql": (
+        "b12981373b130df8da31c11197c600aaf4e6058defadec3a682e032919fea784"
+    ),
 }
 
 

@@ -7,10 +7,8 @@ CREATE OR REPLACE FUNCTION {{function}}() RETURNS trigger
 LANGUAGE plpgsql AS $function$
 DECLARE
     _meta jsonb := nullif(current_setting('pubsubpull.request', true), '')::jsonb;
-    _context jsonb := nullif(current_setting('pubsubpull.context', true), '')::jsonb;
-    _request uuid := (_meta->>'id')::uuid;
     -- The row-set INSERTs below read the settings in one-time sub-selects rather than
-    -- these variables: variables make their plans parameterised, and PostgreSQL then
+    -- variables: variables make their plans parameterised, and PostgreSQL then
     -- re-planned the single-row insert on every call (15% of a save's CPU).
     _count bigint;
 BEGIN
@@ -32,8 +30,10 @@ BEGIN
                         WHEN n.key IS NULL THEN 'delete'
                         ELSE 'update' END AS op,
                    coalesce(n.key, o.key)::text AS pk, o.doc AS old, n.doc AS new
-            FROM (SELECT r.{{pk}} AS key, {{doc}} AS doc FROM old_rows r) o
-            FULL JOIN (SELECT r.{{pk}} AS key, {{doc}} AS doc FROM new_rows r) n
+            -- OFFSET 0 keeps the sub-selects from being flattened into the join, which
+            -- computed each document twice: for the WHERE below and for the insert.
+            FROM (SELECT r.{{pk}} AS key, {{doc}} AS doc FROM old_rows r OFFSET 0) o
+            FULL JOIN (SELECT r.{{pk}} AS key, {{doc}} AS doc FROM new_rows r OFFSET 0) n
                 ON n.key = o.key
         ) c
         WHERE {{changed}};
@@ -45,7 +45,8 @@ BEGIN
         FROM old_rows r;
     ELSE
         INSERT INTO pubsubpull_change (topic, model, "table", op, request_id, context)
-        VALUES ({{label}} || '.truncate', {{label}}, {{table}}, 'truncate', _request, _context);
+        VALUES ({{label}} || '.truncate', {{label}}, {{table}}, 'truncate', (_meta->>'id')::uuid,
+                nullif(current_setting('pubsubpull.context', true), '')::jsonb);
     END IF;
     GET DIAGNOSTICS _count = ROW_COUNT;
     -- No NOTIFY here: a transaction that notifies takes a database-wide lock at commit,
