@@ -563,10 +563,13 @@ during single saves; and variants of the function body installed on the benchmar
   statements, a merge join for large ones, whose two sorts spill to disk at 100,000 rows with
   the default `work_mem` (`external merge`, 28 MB each; the sorts take ~0.1 s of a ~1.1 s
   statement, computing `to_jsonb` of both versions ~0.4 s).
-  `SET work_mem = '64MB'` on the function and `OFFSET 0` in the two sub-selects (so a hash join
-  computes `to_jsonb` once per version, not in the filter and again in the output) made no
-  difference beyond noise. A full join cannot become a nested loop, so a plan cached from a
-  one-row statement stays safe for 100,000 rows (checked, current and proposed function).
+  `SET work_mem = '64MB'` on the function made no difference beyond noise. The two
+  sub-selects were flattened into the join, so `to_jsonb` of each version ran twice (in the
+  join's filter and again in the insert's target list); `OFFSET 0` in them (applied
+  2026-12-03) computes each once: inside the function, 4 µs less per single-row update, and a
+  100,000-row `update()` on PG15 1.7 → 1.3 s (no change on PG16). A full join cannot become a
+  nested loop, so a plan cached from a one-row statement stays safe for 100,000 rows (checked,
+  current and proposed function).
 - **Single saves: re-planning inside the trigger (the main finding).** The `INSERT`s use the
   PL/pgSQL variables `_request` and `_context`, so they run as parameterised statements and
   the plan cache chooses between a custom plan (planned on every call) and a generic one by
@@ -599,7 +602,21 @@ during single saves; and variants of the function body installed on the benchmar
   row; ours writes `to_jsonb` of the row and, for updates, old and new, plus the statement
   machinery (transition tables, the join). That is why a single-row update costs ours more
   per statement even without re-planning, while set-based capture wins every bulk operation
-  by a wide margin."""
+  by a wide margin.
+- **What is left against pghistory (2026-12-03).** Time inside the trigger functions per
+  autocommit statement on PG15 (`track_functions`, Django's SQL, 2,000 statements × 3), and
+  `perf` of the backend: a single-row update costs ours 56-60 µs against pghistory's 35; a
+  variant of our function that writes only the new document, with no pairing, costs 38.5,
+  pghistory's figure, so the rest is the old document (`to_jsonb`, a larger row: ~15 µs) and
+  the hash full join that pairs versions (~5 µs; a 1×1 cross join in its place, for
+  measurement only). An insert costs ours 37-38 µs against 31-32: `to_jsonb` (5 µs) and
+  index entries (the position and topic indexes; pghistory's event table has integer keys
+  only). Removed on 2026-12-03 (migration 0017): the foreign-key constraint on `request_id`
+  (a deferred trigger event per row, 2-3 µs at commit) and the request index entry of changes
+  made outside a request (2-3 µs); the index on `model` (2-3 µs) stays, the admin's model
+  filter reads it. A `C` collation on `topic` and `model` changed nothing measurable. What
+  remains is what the change log stores: old and new documents per update, read by topic and
+  position."""
 
 
 def run(quick: bool, dry_run: bool) -> str:
