@@ -15,13 +15,13 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.db.models import F, QuerySet, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -40,6 +40,10 @@ RELOAD_INTERVAL = 1.0
 #: Threads that send batches while the delivery job's thread reads the next page: HTTP
 #: and broker sends touch no database. Each keeps its HTTP session and broker connections.
 SENDERS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="pubsubpull-send")
+#: Threads that read a backlog's page after next, each on a database connection of its own,
+#: while the delivery job's thread records the batch before: page reads, the longest step
+#: of a batch, then never wait for a record, nor a record for a read.
+READERS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="pubsubpull-read")
 
 # First key of pubsubpull's advisory locks ("pspb"); the second is a subscription id
 # (an int4: ids past 2**31 would need the one-bigint form of the lock functions).
@@ -236,6 +240,16 @@ def read_ahead(subscription: Subscription, after: Position) -> Batch | None:
     except reads.QueryFailed:
         return None
     return new_batch(subscription, page) if page.results else None
+
+
+def read_apart(subscription: Subscription, after: Position) -> Batch | None:
+    """:func:`read_ahead` on a :data:`READERS` thread's own connection, which is kept or
+    closed as Django keeps or closes connections between requests (``CONN_MAX_AGE``)."""
+    close_old_connections()
+    try:
+        return read_ahead(subscription, after)
+    finally:
+        close_old_connections()
 
 
 def max_bytes(subscription: Subscription) -> int:
@@ -692,8 +706,9 @@ def deliver(subscription_id: int, more: Callable[[], bool] | None = None) -> dat
     While ``more()`` says so and a backlog waits, go on with the batches after it,
     pipelined: the next page is read while a batch is sent (the send runs in a thread of
     :data:`SENDERS`), and it goes in flight in the commit that records the 2xx of the one
-    before. Still one batch in flight, and the cursor moves only on a 2xx. Local
-    subscribers and the standard format are sent one call at a time.
+    before; the page after it is read meanwhile on another connection (:data:`READERS`).
+    Still one batch in flight, and the cursor moves only on a 2xx. Local subscribers and
+    the standard format are sent one call at a time.
     """
     ready = _ready(subscription_id)
     if not isinstance(ready, Subscription):
@@ -711,33 +726,52 @@ def deliver(subscription_id: int, more: Callable[[], bool] | None = None) -> dat
         return deliver_each(subscription, batch)
     if subscription.is_local:  # its code may use the database: in this thread
         return record(subscription, batch, send(subscription, batch))
-    while True:
-        # Only with a backlog: a caught-up subscription's next page holds the few changes
-        # written meanwhile, and reading it would keep the worker on this subscription
-        # while others wait their turn.
-        upcoming: Batch | None = None
-        if not (batch.backlog and more is not None and more()):
-            attempt = send(subscription, batch)
-        else:
-            sending = SENDERS.submit(send, subscription, batch)
-            try:
-                upcoming = read_ahead(subscription, batch.last)
-            finally:
-                attempt = sending.result()  # never leave a send behind, even on an error
-        when = record(subscription, batch, attempt, then=upcoming)
-        if upcoming is None or not attempt.ok:
-            return when
-        # record() did not put it in flight if the subscription changed meanwhile; the
-        # owner's permissions (cached on the instance) are seen within RELOAD_INTERVAL
-        changed = subscription.batch_id != upcoming.id
-        if changed or time.monotonic() - loaded > RELOAD_INTERVAL:
-            ready = _ready(subscription_id)
-            if not isinstance(ready, Subscription):
-                return ready  # paused, or deleted
-            subscription, loaded = ready, time.monotonic()
-            if subscription.batch_id != upcoming.id:
-                return timezone.now()  # replayed, replaced or reset meanwhile: read afresh
-        batch = upcoming
+    # The page after `batch`, being read on a READERS thread (None: read it here).
+    reading: Future[Batch | None] | None = None
+    try:
+        while True:
+            # Only with a backlog: a caught-up subscription's next page holds the few
+            # changes written meanwhile, and reading it would keep the worker on this
+            # subscription while others wait their turn.
+            upcoming: Batch | None = None
+            if not (batch.backlog and more is not None and more()):
+                attempt = send(subscription, batch)
+            else:
+                sending = SENDERS.submit(send, subscription, batch)
+                try:
+                    if reading is None:
+                        upcoming = read_ahead(subscription, batch.last)
+                    else:
+                        upcoming, reading = reading.result(), None
+                    if upcoming is not None and upcoming.backlog:
+                        reading = READERS.submit(read_apart, subscription, upcoming.last)
+                finally:
+                    attempt = sending.result()  # never leave a send behind, even on an error
+            when = record(subscription, batch, attempt, then=upcoming)
+            if upcoming is None or not attempt.ok:
+                return when
+            # record() did not put it in flight if the subscription changed meanwhile; the
+            # owner's permissions (cached on the instance) are seen within RELOAD_INTERVAL
+            changed = subscription.batch_id != upcoming.id
+            if changed or time.monotonic() - loaded > RELOAD_INTERVAL:
+                ready = _ready(subscription_id)
+                if not isinstance(ready, Subscription):
+                    return ready  # paused, or deleted
+                subscription, loaded = ready, time.monotonic()
+                if subscription.batch_id != upcoming.id:
+                    return timezone.now()  # replayed, replaced or reset: read afresh
+                _discard(reading)  # read as the subscription was: read it again
+                reading = None
+            batch = upcoming
+    finally:
+        _discard(reading)
+
+
+def _discard(reading: Future[Batch | None] | None) -> None:
+    """Drop a page being read ahead that will not be sent: not used, but not left running
+    on its connection either."""
+    if reading is not None and not reading.cancel():
+        reading.exception()
 
 
 def message_id(batch: Batch, change: str) -> str:

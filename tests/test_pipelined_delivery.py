@@ -1,5 +1,6 @@
 """Pipelined delivery: the next page is read while a batch is sent, and goes in flight in
-the commit that records the batch before it. Still one batch in flight, the cursor moved
+the commit that records the batch before it; the page after it is read meanwhile on another
+connection. Still one batch in flight, the cursor moved
 only by a 2xx, the same ``webhook-id`` on a retry; a PUT meanwhile stops the pipeline.
 
 The delivery function is called here directly (the worker's job calls it the same way,
@@ -8,6 +9,7 @@ with ``more`` saying whether to go on), against a real loopback receiver.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -98,6 +100,54 @@ def test_one_call_sends_batch_after_batch_each_in_flight_while_sent(
         (batch_id, 204, len(r.changes))
         for batch_id, r in zip(ids(receiver), receiver.requests, strict=True)
     ]
+
+
+@override_settings(PUBSUBPULL=SETTINGS)
+def test_the_page_after_next_is_read_on_another_connection_while_a_batch_is_recorded(
+    api: Client, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads_ahead: list[tuple[Position, int, int]] = []  # after, thread, database backend
+    second_read = threading.Event()
+    read_ahead, record = delivery.read_ahead, delivery.record
+
+    def backend() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            return int(cursor.fetchone()[0])
+
+    def spy_read(subscription: Subscription, after: Position) -> delivery.Batch | None:
+        reads_ahead.append((after, threading.get_ident(), backend()))
+        if len(reads_ahead) == 2:
+            second_read.set()
+        return read_ahead(subscription, after)
+
+    overlapped: list[bool] = []
+
+    def spy_record(*args: Any, **kwargs: Any) -> Any:
+        if not overlapped:  # the first batch's record waits for the read of the third
+            overlapped.append(second_read.wait(timeout=10))
+        return record(*args, **kwargs)
+
+    monkeypatch.setattr(delivery, "read_ahead", spy_read)
+    monkeypatch.setattr(delivery, "record", spy_record)
+    receiver = Receiver()
+    subscription = subscribe(api, httpserver, receiver)
+    for i in range(7):
+        Customer.objects.create(name=f"c{i}")
+
+    delivery.deliver(subscription.pk, always)
+
+    assert names(receiver) == [f"c{i}" for i in range(7)]  # in order, each once
+    assert overlapped == [True]  # read while the first batch was being recorded
+    here, connection_here = threading.get_ident(), backend()
+    # the page after the first batch is read here, during its send; the pages after the
+    # second and third on another thread's connection, during the record before them
+    assert [t == here and pid == connection_here for _, t, pid in reads_ahead] == [
+        True,
+        False,
+        False,
+    ]
+    assert all(t != here and pid != connection_here for _, t, pid in reads_ahead[1:])
 
 
 @override_settings(PUBSUBPULL=SETTINGS)
