@@ -47,13 +47,17 @@ def _queue_dispatch(connection: psycopg.Connection[Any]) -> None:
             tasks.DISPATCH, queue=tasks.QUEUE, queueing_lock=tasks.DISPATCH, connection=connection
         ).defer()
     except exceptions.AlreadyEnqueued:
-        return  # the waiting dispatch will see the new changes too
+        pass  # the waiting dispatch will see the new changes too: make sure it is fetched
     nudge()
 
 
 # The Procrastinate workers running in this process (seen by start_wakeups).
 _workers: weakref.WeakSet[Any] = weakref.WeakSet()
 _workers_lock = threading.Lock()  # added to in the event loop, read from job threads
+
+#: Seconds after a nudge that it is given again: the nudge itself is lost the same way
+#: when it lands during a fetch that began before the job was committed.
+NUDGE_AGAIN = 0.1
 
 
 def nudge() -> None:
@@ -62,7 +66,8 @@ def nudge() -> None:
     of the next job runs and finds nothing (the flag is cleared after the fetch), and the
     job then waits for the next poll, 5 s later: the p99 latency of a healthy
     subscription beside others was about 5 s in some runs. Procrastinate's own
-    ``Worker.stop`` wakes the worker's loop from another thread the same way."""
+    ``Worker.stop`` wakes the worker's loop from another thread the same way. The flag is
+    set again :data:`NUDGE_AGAIN` seconds later, after a fetch that was running."""
     with _workers_lock:
         workers = list(_workers)
     for worker in workers:
@@ -71,9 +76,15 @@ def nudge() -> None:
         if loop is None or flag is None:
             continue  # not running, or another Procrastinate: NOTIFY and polling remain
         try:
-            loop.call_soon_threadsafe(flag.set)
+            loop.call_soon_threadsafe(_wake, loop, flag)
         except RuntimeError:
             pass  # the loop closed meanwhile: that worker stopped
+
+
+def _wake(loop: Any, flag: Any) -> None:
+    """Set a worker's new-job flag now and once more a little later (in its loop)."""
+    flag.set()
+    loop.call_later(NUDGE_AGAIN, flag.set)
 
 
 _watching = threading.Lock()

@@ -1,14 +1,19 @@
 """The wake-up watcher: wakes waiters when new changes become visible, holds no lock a
-writer could wait on, and closes its connection when nobody waits."""
+writer could wait on, and closes its connection when nobody waits; the dispatch it queues
+reaches the worker even when Procrastinate drops the wake-up."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
+import weakref
+from collections.abc import Callable
 
 import pytest
 from django.db import connection
 
-from pubsubpull import wakeups
+from pubsubpull import tasks, wakeups, worker
 from test_project.shop.models import Customer
 from tests.helpers import raw_connection
 
@@ -58,3 +63,66 @@ def test_closes_its_connection_when_nobody_waits(monkeypatch: pytest.MonkeyPatch
     while watcher.connected.is_set() or watcher_backends():
         assert time.monotonic() < deadline, "the watcher kept its connection"
         time.sleep(0.05)
+
+
+def test_a_nudge_survives_a_fetch_that_clears_the_flag_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Procrastinate clears its new-job flag after every fetch: a nudge that lands while a
+    # fetch runs (one that began before the job was committed, and finds nothing) would be
+    # lost, and the job would wait for the next poll. The nudge sets it again a little later.
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        flag = asyncio.run_coroutine_threadsafe(_new_event(), loop).result(5)
+        fake = _FakeWorker(loop, flag)
+        monkeypatch.setattr(worker, "_workers", weakref.WeakSet([fake]))
+
+        worker.nudge()
+        assert _eventually(flag.is_set)
+        loop.call_soon_threadsafe(flag.clear)  # the fetch running meanwhile ends
+        assert _eventually(lambda: not flag.is_set())
+        assert _eventually(flag.is_set)  # set again: the worker fetches once more
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+class _FakeWorker:
+    """What nudge() uses of a Procrastinate worker: its loop and its new-job flag."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, flag: asyncio.Event) -> None:
+        self._loop, self._new_job_event = loop, flag
+
+
+async def _new_event() -> asyncio.Event:
+    return asyncio.Event()
+
+
+def _eventually(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_a_dispatch_already_waiting_is_nudged_for_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A nudge lost in a fetch leaves the dispatch waiting; the next look that finds new
+    # changes cannot queue another (its queueing lock), and nudges for the waiting one.
+    nudges: list[int] = []
+    monkeypatch.setattr(worker, "nudge", lambda: nudges.append(1))
+    with raw_connection() as own:
+        own.autocommit = True
+        worker._queue_dispatch(own)
+        worker._queue_dispatch(own)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM procrastinate_jobs WHERE task_name = %s AND status = 'todo'",
+            [tasks.DISPATCH],
+        )
+        assert cursor.fetchone()[0] == 1  # one dispatch waits
+    assert nudges == [1, 1]  # and both looks nudged for it
