@@ -39,8 +39,13 @@ def plan_of_read(patterns: list[str]) -> str:
     with CaptureQueriesContext(connection) as queries:
         reads.changes_page(models, START, patterns, 100, events=events)
     (page,) = [q["sql"] for q in queries.captured_queries if "pubsubpull_change c" in q["sql"]]
+    return plan(page)
+
+
+def plan(sql: str, params: dict[str, str | int] | None = None) -> str:
+    """PostgreSQL's plan for ``sql``."""
     with connection.cursor() as cursor:
-        cursor.execute("EXPLAIN " + page)
+        cursor.execute("EXPLAIN " + sql, params)
         return "\n".join(line for (line,) in cursor.fetchall())
 
 
@@ -80,12 +85,6 @@ SELECT 'shop.customer.insert', 'shop.customer', 'shop_customer', 'insert', g::te
        CASE WHEN g % 1000 = 0 THEN '00000000-0000-0000-0000-000000000001'::uuid END
 FROM generate_series(1, 20000) AS g
 """
-
-
-def plan(sql: str, params: dict[str, str | int] | None = None) -> str:
-    with connection.cursor() as cursor:
-        cursor.execute("EXPLAIN " + sql, params)
-        return "\n".join(line for (line,) in cursor.fetchall())
 
 
 @pytest.mark.django_db
