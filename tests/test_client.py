@@ -32,7 +32,7 @@ from pubsubpull.client import (
     ServiceUnavailable,
 )
 from test_project.shop.models import Customer, Order, Product
-from tests.helpers import subprocess_env
+from tests.helpers import subprocess_env, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -135,13 +135,6 @@ def test_instances_is_lazy_and_reads_one_page_ahead(service: Service) -> None:
     wait_until(lambda: len(urls) == 3)
     rows.close()
     assert service.instance("shop.customer", Customer.objects.get(name="c0").pk)["name"] == "c0"
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 class Pages:

@@ -11,7 +11,6 @@ import io
 import re
 import socket
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +28,7 @@ from pubsubpull.models import Delivery, Subscription
 from pubsubpull.webhooks import generate_secret
 from test_project.shop.models import Customer
 from tests.delivery_helpers import Receiver, drain
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -347,7 +347,7 @@ def test_long_polls_over_max_waiting_are_answered_at_once_with_retry_after(
     ]
     for holder in holders:
         holder.start()
-    wait_for(lambda: reads._waiting == 2)
+    wait_until(lambda: reads._waiting == 2)
     viewer = api_as(live_server, customer_viewer("viewer"))
     turned_away = viewer("GET", "changes/?after=now&wait=4")
     assert turned_away.status_code == 200 and turned_away.json()["results"] == []
@@ -398,10 +398,3 @@ def test_a_target_that_answers_a_byte_at_a_time_is_cut_off_at_delivery_timeout(
     assert failed.duration.total_seconds() < 5  # the drip would take 12 s
     drain(lambda: len(healthy.changes()) >= 1)
     assert names(healthy) == ["x"]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)

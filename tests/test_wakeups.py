@@ -8,14 +8,13 @@ import asyncio
 import threading
 import time
 import weakref
-from collections.abc import Callable
 
 import pytest
 from django.db import connection
 
 from pubsubpull import tasks, wakeups, worker
 from test_project.shop.models import Customer
-from tests.helpers import raw_connection
+from tests.helpers import raw_connection, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -79,11 +78,12 @@ def test_a_nudge_survives_a_fetch_that_clears_the_flag_meanwhile(
         fake = _FakeWorker(loop, flag)
         monkeypatch.setattr(worker, "_workers", weakref.WeakSet([fake]))
 
+        monkeypatch.setattr(worker, "NUDGE_AGAIN", 0.5)  # the clear below lands before it
         worker.nudge()
-        assert _eventually(flag.is_set)
+        wait_until(flag.is_set)
         loop.call_soon_threadsafe(flag.clear)  # the fetch running meanwhile ends
-        assert _eventually(lambda: not flag.is_set())
-        assert _eventually(flag.is_set)  # set again: the worker fetches once more
+        wait_until(lambda: not flag.is_set())
+        wait_until(flag.is_set)  # set again: the worker fetches once more
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
@@ -99,15 +99,6 @@ class _FakeWorker:
 
 async def _new_event() -> asyncio.Event:
     return asyncio.Event()
-
-
-def _eventually(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 def test_a_dispatch_already_waiting_is_nudged_for_again(monkeypatch: pytest.MonkeyPatch) -> None:
