@@ -151,9 +151,16 @@ class _Handler(QuietHandler):
         self._answer(204)
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default backlog of 5 dropped connections when two workers' 64 sender
+    # threads connected at once: their SYNs were retried after 1-3 s, which the rounds
+    # took for slow targets. A production server (gunicorn, nginx) listens with ~2,048.
+    request_queue_size = 1024
+
+
 def serve_forever(handler: type[BaseHTTPRequestHandler]) -> None:
     """Serve ``handler`` on a free loopback port (printed on stdout) until terminated."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _Server(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     print(server.server_address[1], flush=True)
     server.serve_forever()

@@ -267,8 +267,8 @@ def drain_with(
 ) -> dict[str, Any]:
     """``subscriptions`` subscriptions from the start of a backlog of ``backlog`` changes,
     drained by ``workers`` worker processes (``--concurrency`` CONCURRENCY each): changes/s
-    from the first job to the last receipt, and the CPU seconds of PostgreSQL and of the
-    workers meanwhile."""
+    from the first job to the last receipt, and the cores used meanwhile by PostgreSQL,
+    the workers, the receiver and the whole machine."""
     from pubsubpull.models import Subscription
     from pubsubpull.positions import START
     from pubsubpull.tasks import defer_delivery
@@ -282,8 +282,13 @@ def drain_with(
         # PostgreSQL's backends come and go (a connection per job): its CPU is what the
         # machine used beyond the workers, the receiver and this process.
         processes = [_process(w.pid) for w in pool]
-        others = [_process(receiver.process.pid), _process(os.getpid())]
-        total, mine, rest = _machine_cpu(), _cpu(processes), _cpu(others)
+        receiving, here = [_process(receiver.process.pid)], [_process(os.getpid())]
+        total, mine, theirs, rest = (
+            _machine_cpu(),
+            _cpu(processes),
+            _cpu(receiving),
+            _cpu(here),
+        )
         started = time.time()
         Subscription.objects.update(status="active")
         for subscription_id in Subscription.objects.values_list("pk", flat=True):
@@ -292,8 +297,10 @@ def drain_with(
         while receiver.stats()["changes"] < expected and time.monotonic() < deadline:
             time.sleep(0.2)
         stats = receiver.stats()
-        mine, rest = _cpu(processes) - mine, _cpu(others) - rest
-        database = _machine_cpu() - total - mine - rest
+        mine, theirs, rest = _cpu(processes) - mine, _cpu(receiving) - theirs, _cpu(here) - rest
+        machine = _machine_cpu() - total
+        watched = time.time() - started  # the CPU's window, a little past the last receipt
+        database = machine - mine - theirs - rest
     finally:
         for worker in pool:
             worker.stop()
@@ -305,8 +312,10 @@ def drain_with(
         "expected": expected,
         "rate": stats["changes"] / seconds if seconds > 0 else 0.0,
         "out_of_order": stats["out_of_order"],
-        "database_cpu": database / seconds if seconds > 0 else 0.0,
-        "workers_cpu": mine / seconds if seconds > 0 else 0.0,
+        "database_cpu": database / watched,
+        "workers_cpu": mine / watched,
+        "receiver_cpu": theirs / watched,
+        "machine_cpu": machine / watched,
     }
 
 
@@ -362,6 +371,8 @@ def several_report(subscriptions: int, backlog: int, runs: list[dict[str, Any]])
             str(r["out_of_order"]),
             f"{r['database_cpu']:.2f}",
             f"{r['workers_cpu']:.2f}",
+            f"{r.get('receiver_cpu', 0.0):.2f}",
+            f"{r.get('machine_cpu', 0.0):.2f}",
         ]
         for r in runs
     ]
@@ -376,9 +387,11 @@ def several_report(subscriptions: int, backlog: int, runs: list[dict[str, Any]])
             f"`--concurrency {CONCURRENCY}`), twice, interleaved: changes/s from queueing "
             "every subscription's delivery to the last receipt. The receiver counts, per "
             "subscription, changes at or before one it had already received (out of "
-            "order). CPU: cores used on average by the worker processes, and by PostgreSQL "
+            "order). CPU: cores used on average by the worker processes, by PostgreSQL "
             "(the machine's CPU beyond the workers, the receiver and the benchmark process: "
-            "its backends come and go with the jobs' connections).",
+            "its backends come and go with the jobs' connections), by the receiver, and by "
+            f"the whole machine (of {os.cpu_count()} here: a second worker process can add "
+            "only what the first leaves).",
             "",
             harness.table(
                 [
@@ -388,6 +401,8 @@ def several_report(subscriptions: int, backlog: int, runs: list[dict[str, Any]])
                     "out of order",
                     "PostgreSQL cores",
                     "worker cores",
+                    "receiver cores",
+                    "machine cores",
                 ],
                 rows,
             ),

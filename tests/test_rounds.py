@@ -506,6 +506,20 @@ def test_a_round_whose_sends_are_all_slow_leaves_none_to_jobs(
     assert not any(rounds.is_slow(s.pk) for s in subscriptions)
 
 
+def test_sends_spread_by_an_overloaded_worker_leave_none_to_jobs() -> None:
+    # Two worker processes sharing 200 subscriptions: one round's sends took 0.03-0.5 s,
+    # no target slow. Against the first quartile, the slowest were left to jobs.
+    took = {i: seconds for i, seconds in enumerate([0.03, 0.05, 0.06, 0.07, 0.08, 0.1, 0.3])}
+    rounds._remember_slow(took)
+    assert not any(rounds.is_slow(i) for i in took)
+
+
+def test_a_send_that_holds_its_round_back_is_slow() -> None:
+    took = {1: 0.03, 2: 0.04, 3: 0.05, 4: 0.04 + rounds.SLOW_SEND + 0.01}
+    rounds._remember_slow(took)
+    assert [i for i in took if rounds.is_slow(i)] == [4]
+
+
 @override_settings(PUBSUBPULL=SETTINGS)
 def test_a_round_never_sends_a_subscription_the_owner_may_not_see(
     httpserver: HTTPServer, owner: User
