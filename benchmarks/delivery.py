@@ -154,7 +154,7 @@ class _Handler(QuietHandler):
 class _Server(ThreadingHTTPServer):
     # socketserver's default backlog of 5 dropped connections when two workers' 64 sender
     # threads connected at once: their SYNs were retried after 1-3 s, which the rounds
-    # took for slow targets. A production server (gunicorn, nginx) listens with ~2,048.
+    # took for slow targets. gunicorn listens with a backlog of 2,048 by default.
     request_queue_size = 1024
 
 
