@@ -6,7 +6,7 @@ server process for both APIs, ``benchmarks.settings``, ``DEBUG = False``, databa
 kept between requests) and read from this process with pages of 1,000 rows:
 
 - pubsubpull: ``pubsubpull.client.Service(...).instances("benchapp.trackedrow", limit=1000)``
-  for scans (it asks for the next page while one is decoded) and one request for a single
+  for scans (it asks for the next two pages while one is decoded) and one request for a single
   page, authenticated with a Bearer token (``pubsubpull.auth.create_token``); keyset pages.
   Also from a second server with ``CONN_MAX_AGE`` 0 (a database connection opened for
   every request).
@@ -562,8 +562,8 @@ def report(count: int, reps: int, tries: int, samples: int, result: dict[str, An
         f"`CONN_MAX_AGE` {KEEP}: database connections kept between requests, for every API; "
         f"the row `{COLD}` reads from a second server that opens one for every request). "
         "pubsubpull through `pubsubpull.client.Service` with a Bearer token (a page: one "
-        "request, decoded; a scan: `instances()`, which asks for the next page while one is "
-        "decoded); DRF "
+        "request, decoded; a scan: `instances()`, which asks for the next two pages while one "
+        "is decoded); DRF "
         "(`benchmarks/drf.py`: `ModelSerializer` + `ModelViewSet`) with `CursorPagination` "
         "ordered by pk and with `LimitOffsetPagination`, followed with `requests`, same user by "
         f"session. The `{FLOOR}` row: pubsubpull's own page queries "

@@ -114,8 +114,8 @@ class Service:
     the seconds to wait for an answer; a long poll waits ``wait`` seconds more. One
     ``requests.Session`` is kept per service for keep-alive: a ``Service`` is not meant to
     be shared between threads; :meth:`close` it, or use it as a context manager.
-    (:meth:`instances` asks for the next page from a thread of its own while a page is
-    consumed; the session serves one request at a time.)
+    (:meth:`instances` asks for the next two pages from threads of its own while a page
+    is consumed: the session's connection pool serves them at once.)
     """
 
     def __init__(
@@ -131,7 +131,6 @@ class Service:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.timeout = timeout
         self.session = requests.Session()
-        self._session_lock = threading.Lock()  # instances() reads ahead from a thread
         self.session.headers["Accept"] = "application/json"
         if token is not None:
             self.session.headers["Authorization"] = f"Bearer {token}"
@@ -173,32 +172,38 @@ class Service:
         after primary key ``after`` if given, fetched ``limit`` rows per request as the
         iteration goes (a generator: errors are raised from the iteration).
 
-        While a page is decoded and its rows consumed, the next one is already asked for,
-        from a thread, when the server names it in a ``Link: <...>; rel="next"`` header:
-        the server works on it meanwhile. Stopping the iteration early leaves at most that
-        one request unread (the service's next call waits for it).
+        While a page is decoded and its rows consumed, the pages the server names in its
+        ``Link`` header (the next one, and the one after it: ``rel="prefetch"``) are
+        already asked for, from threads: the server builds two pages at once meanwhile.
+        Stopping the iteration early leaves at most those two requests unread.
         """
         url = self._url("models", label)
-        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pubsubpull-read-ahead")
+        ahead = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pubsubpull-read-ahead")
+        asked: dict[tuple[tuple[str, str], ...], Future[requests.Response]] = {}
         try:
             response = self._response("GET", url, _params(after=after, limit=limit))
             while True:
-                following: Future[requests.Response] | None = None
-                link = response.links.get("next", {}).get("url")
-                asked = _query(link) if link else None
-                if asked is not None:
-                    following = _read_ahead(ahead, self._response, "GET", url, asked)
+                named = set()
+                for rel in ("next", "prefetch"):
+                    link = response.links.get(rel, {}).get("url")
+                    if link:
+                        query = _query(link)
+                        named.add(_key(query))
+                        if _key(query) not in asked:
+                            asked[_key(query)] = _read_ahead(
+                                ahead, self._response, "GET", url, query
+                            )
+                for stale in asked.keys() - named:  # asked for by an earlier page's link
+                    asked.pop(stale).cancel()
                 page = self._answer(response, expect=("results",))
                 yield from page["results"]
                 if not page.get("next"):
                     return
                 wanted = _query(page["next"])
-                if following is None or wanted != asked:
-                    # an older server (no Link header), or one whose Link says otherwise:
-                    # the body's ``next`` is what counts
-                    response = self._response("GET", url, wanted)
-                else:
-                    response = following.result()
+                # an older server (no Link header), or one whose Link said otherwise: the
+                # body's ``next`` is what counts
+                following = asked.pop(_key(wanted), None)
+                response = following.result() if following else self._response("GET", url, wanted)
         finally:
             ahead.shutdown(wait=False, cancel_futures=True)
 
@@ -326,10 +331,7 @@ class Service:
         when no answer came."""
         timeout = self.timeout + (wait or 0.0)
         try:
-            with self._session_lock:
-                response = self.session.request(
-                    method, url, params=params, json=body, timeout=timeout
-                )
+            response = self.session.request(method, url, params=params, json=body, timeout=timeout)
         except (requests.ConnectionError, requests.Timeout) as error:
             raise ServiceUnavailable(None, "unavailable", str(error), url=url) from error
         except requests.RequestException as error:
@@ -421,6 +423,10 @@ def _read_ahead(
     future = pool.submit(read)
     running.wait()
     return future
+
+
+def _key(query: Params) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, str(v)) for k, v in query.items()))
 
 
 def _params(**values: str | int | float | None) -> Params:

@@ -48,13 +48,19 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {JSON: {"schema": schema}}}
 
 
-def _page(description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    """A response with a page of results, naming the next page in a ``Link`` header too."""
-    link = {
-        "description": 'The `next` URL as `<url>; rel="next"` (RFC 8288), absent when `next` '
-        "is null: a client can ask for the next page before decoding this one.",
-        "schema": {"type": "string"},
-    }
+def _page(description: str, schema: dict[str, Any], prefetch: bool = False) -> dict[str, Any]:
+    """A response with a page of results, naming the next page in a ``Link`` header too
+    (and, with ``prefetch``, the page after it)."""
+    text = (
+        'The `next` URL as `<url>; rel="next"` (RFC 8288), absent when `next` is null: a '
+        "client can ask for the next page before decoding this one."
+    )
+    if prefetch:
+        text += (
+            ' Then the page after it, when there is one, as `<url>; rel="prefetch"`: a client '
+            "can ask for both at once."
+        )
+    link = {"description": text, "schema": {"type": "string"}}
     return {**_json(description, schema), "headers": {"Link": link}}
 
 
@@ -129,7 +135,7 @@ def _paths() -> dict[str, Any]:
                     _limit(),
                 ],
                 "responses": {
-                    "200": _page("A page of rows", _ref("RowsPage")),
+                    "200": _page("A page of rows", _ref("RowsPage"), prefetch=True),
                     **_errors("400", "401", "403", "404"),
                 },
             }

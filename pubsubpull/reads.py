@@ -367,9 +367,14 @@ def _relation(tracked: registry.Tracked) -> dict[str, str]:
 def instances_query(tracked: registry.Tracked, after: bool) -> str:
     """The SQL of a page of ``tracked``'s rows, after a primary key if ``after``; its
     parameters: ``after`` (the key) and ``limit`` (one more than the page)."""
+    return render("instances_page", **_keyset(tracked, after))
+
+
+def _keyset(tracked: registry.Tracked, after: bool) -> dict[str, str]:
+    """The placeholders of a keyset query of ``tracked``'s rows, after a primary key if
+    ``after``."""
     parts = _relation(tracked)
-    condition = f"r.{parts['pk']} > %(after)s" if after else "true"
-    return render("instances_page", after=condition, **parts)
+    return {**parts, "after": f"r.{parts['pk']} > %(after)s" if after else "true"}
 
 
 def instances_page(
@@ -384,6 +389,18 @@ def instances_page(
     more = len(rows) > limit
     rows = rows[:limit]
     return [doc for _, doc in rows], (rows[-1][0] if more else None)
+
+
+def instances_key(
+    tracked: registry.Tracked, after: Any, skip: int, using: str = "default"
+) -> str | None:
+    """The primary key of the row ``skip`` rows past the first after ``after`` (None:
+    from the start), when rows follow it: a page starts after it. Else None."""
+    query = render("instances_key", **_keyset(tracked, after is not None))
+    with connections[using].cursor() as cursor:
+        cursor.execute(query, {"after": after, "skip": skip})
+        rows = cursor.fetchall()
+    return str(rows[0][0]) if len(rows) == 2 else None
 
 
 def row_estimates(tracked: list[registry.Tracked]) -> dict[str, int | None]:

@@ -131,18 +131,25 @@ def _long_poll(request: HttpRequest) -> bool:
     return request.GET.get("wait", "") not in ("", "0")
 
 
-def json_page(results: list[str], next: str | None, **fields: Any) -> HttpResponse:
+def json_page(
+    results: list[str], next: str | None, prefetch: str | None = None, **fields: Any
+) -> HttpResponse:
     """A ``{"results": [...], "next": ..., ...}`` body around JSON texts PostgreSQL built.
 
     The ``next`` page is also named in a ``Link`` header (RFC 8288), so a client can ask
-    for it before it has decoded this one (:meth:`pubsubpull.client.Service.instances`).
+    for it before it has decoded this one (:meth:`pubsubpull.client.Service.instances`),
+    and so is the page after it when known (``rel="prefetch"``), which the client asks for
+    meanwhile: two pages are then built at once.
     """
     fields = {"next": next, **fields}
     tail = "".join(f", {json.dumps(k)}: {json.dumps(v)}" for k, v in fields.items())
     body = '{"results": [' + ", ".join(results) + "]" + tail + "}"
     response = HttpResponse(body, content_type="application/json")
-    if next is not None:
-        response["Link"] = f'<{next}>; rel="next"'
+    links = [
+        f'<{url}>; rel="{rel}"' for url, rel in ((next, "next"), (prefetch, "prefetch")) if url
+    ]
+    if links:
+        response["Link"] = ", ".join(links)
     return response
 
 
@@ -205,10 +212,15 @@ def instances(request: HttpRequest, label: str) -> HttpResponse:
     if after is not None:
         after = _primary_key(tracked, after, "after")
     results, last = reads.instances_page(tracked, after, limit)
-    next_url = None
+    next_url = prefetch = None
     if last is not None:
         next_url = _url(request, "instances", {"after": last, "limit": limit}, label=tracked.label)
-    return json_page(results, next=next_url)
+        # where the page after next starts: the last key of the next page
+        beyond = reads.instances_key(tracked, after, 2 * limit - 1)
+        if beyond is not None:
+            query = {"after": beyond, "limit": limit}
+            prefetch = _url(request, "instances", query, label=tracked.label)
+    return json_page(results, next=next_url, prefetch=prefetch)
 
 
 @require_GET

@@ -120,20 +120,26 @@ def test_instances_after_a_primary_key(service: Service) -> None:
     assert list(service.instances("shop.customer", after=pks[-1])) == []
 
 
-def test_instances_is_lazy_and_reads_one_page_ahead(service: Service) -> None:
-    Customer.objects.bulk_create(Customer(name=f"c{i}") for i in range(30))
+def test_instances_is_lazy_and_reads_two_pages_ahead(service: Service) -> None:
+    Customer.objects.bulk_create(Customer(name=f"c{i}") for i in range(40))
+    pks = list(Customer.objects.order_by("pk").values_list("pk", flat=True))
     urls = record_requests(service)
     rows = service.instances("shop.customer", limit=10)
     assert urls == []
     first = [next(rows) for _ in range(5)]
     assert [row["name"] for row in first] == ["c0", "c1", "c2", "c3", "c4"]
-    # the second page is asked for while the first is consumed (from a thread), the
-    # third only once the caller reaches the second
-    wait_until(lambda: len(urls) == 2)
-    assert "after=" in urls[1] and "limit=10" in urls[1]
-    assert [row["name"] for row in [next(rows) for _ in range(6)]][-1] == "c10"
+    # the second and third pages are asked for while the first is consumed (from
+    # threads), the fourth only once the caller reaches the second
     wait_until(lambda: len(urls) == 3)
-    rows.close()
+    assert {url.partition("?")[2] for url in urls[1:]} == {
+        f"after={pks[9]}&limit=10",
+        f"after={pks[19]}&limit=10",
+    }
+    assert [row["name"] for row in [next(rows) for _ in range(6)]][-1] == "c10"
+    wait_until(lambda: len(urls) == 4)
+    assert urls[3].endswith(f"after={pks[29]}&limit=10")
+    assert [row["name"] for row in rows] == [f"c{i}" for i in range(11, 40)]
+    assert len(urls) == 4  # each page once
     assert service.instance("shop.customer", Customer.objects.get(name="c0").pk)["name"] == "c0"
 
 

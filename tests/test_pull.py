@@ -88,6 +88,24 @@ def test_pages_name_the_next_page_in_a_link_header_too(admin_client: Client) -> 
     assert last.json()["next"] is None and "Link" not in last
 
 
+def test_instance_pages_name_the_page_after_next_to_prefetch(admin_client: Client) -> None:
+    Customer.objects.bulk_create(Customer(name=f"c{i}") for i in range(7))
+    pks = list(Customer.objects.order_by("pk").values_list("pk", flat=True))
+    url = f"{API}/models/shop.customer/?limit=2"
+    pages = list(follow(admin_client, url))
+    assert [len(p["results"]) for p in pages] == [2, 2, 2, 1]
+    first = admin_client.get(url)
+    after_next = f"http://testserver{API}/models/shop.customer/?after={pks[3]}&limit=2"
+    assert first["Link"] == f'<{first.json()["next"]}>; rel="next", <{after_next}>; rel="prefetch"'
+    assert get(admin_client, after_next)["results"] == pages[2]["results"]
+    # the page after next of the third-to-last page is the last one; of the page before
+    # the last there is none
+    second = admin_client.get(pages[0]["next"])
+    assert second["Link"].endswith(f'after={pks[5]}&limit=2>; rel="prefetch"')
+    third = admin_client.get(pages[1]["next"])
+    assert third["Link"] == f'<{third.json()["next"]}>; rel="next"'
+
+
 @HORIZON
 def test_instance_and_excluded_fields(admin_client: Client) -> None:
     customer = Customer.objects.create(name="Ann", password="never-shown")
