@@ -686,10 +686,13 @@ PostgreSQL builds each row's JSON (`to_jsonb` minus excluded columns); the view 
 texts. DRF loads model instances and serializes them field by field in Python; its cursor
 pagination is a keyset too (flat page times), while limit-offset runs a `COUNT(*)` of the
 table and skips `offset` rows on every page, so its pages get slower towards the end.
-Beyond the floor's query, a page over HTTP costs a token lookup (one more query), Django's
-request handling and the transfer on the server, and on the client the decoding of its
-JSON into dicts, which the floor leaves as text; with `CONN_MAX_AGE` 0 every page also
-opens a database connection, whose new backend plans its first queries cold."""
+Beyond the floor's query, a page over HTTP costs a token lookup (one more query), a look
+at the primary key index for where the page after next starts (the `Link` header names it
+with `rel="prefetch"`: a scan asks for it with the next one, so the server builds two
+pages at once), Django's request handling and the transfer on the server, and on the
+client the decoding of its JSON into dicts, which the floor leaves as text; with
+`CONN_MAX_AGE` 0 every page also opens a database connection, whose new backend plans its
+first queries cold."""
 
 LOG_NOTES = """\
 Notes. A page is the changes after the cursor and below the safe horizon, in `(txid, id)`
