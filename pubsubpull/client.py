@@ -188,11 +188,10 @@ class Service:
                     link = response.links.get(rel, {}).get("url")
                     if link:
                         query = _query(link)
-                        named.add(_key(query))
-                        if _key(query) not in asked:
-                            asked[_key(query)] = _read_ahead(
-                                ahead, self._response, "GET", url, query
-                            )
+                        key = _key(query)
+                        named.add(key)
+                        if key not in asked:
+                            asked[key] = _read_ahead(ahead, self._response, "GET", url, query)
                 for stale in asked.keys() - named:  # asked for by an earlier page's link
                     asked.pop(stale).cancel()
                 page = self._answer(response, expect=("results",))
