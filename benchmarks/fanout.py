@@ -371,8 +371,8 @@ def several_report(subscriptions: int, backlog: int, runs: list[dict[str, Any]])
             str(r["out_of_order"]),
             f"{r['database_cpu']:.2f}",
             f"{r['workers_cpu']:.2f}",
-            f"{r.get('receiver_cpu', 0.0):.2f}",
-            f"{r.get('machine_cpu', 0.0):.2f}",
+            f"{r['receiver_cpu']:.2f}",
+            f"{r['machine_cpu']:.2f}",
         ]
         for r in runs
     ]

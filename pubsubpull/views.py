@@ -215,8 +215,9 @@ def instances(request: HttpRequest, label: str) -> HttpResponse:
     next_url = prefetch = None
     if last is not None:
         next_url = _url(request, "instances", {"after": last, "limit": limit}, label=tracked.label)
-        # where the page after next starts: the last key of the next page
-        beyond = reads.instances_key(tracked, after, 2 * limit - 1)
+        # where the page after next starts: the last key of the next page (``last`` as the
+        # next request's ``after`` will be read)
+        beyond = reads.instances_key(tracked, _primary_key(tracked, last, "after"), limit - 1)
         if beyond is not None:
             query = {"after": beyond, "limit": limit}
             prefetch = _url(request, "instances", query, label=tracked.label)
