@@ -15,6 +15,8 @@ that arrived within the budget; the worker's CPU per delivered change; and the d
 own work per wake-up: :func:`pubsubpull.fanout.concerned` (what a wake-up runs) timed
 with one new change visible, against :func:`pubsubpull.delivery.due_subscriptions` (the
 sweep's look at every subscription: what each wake-up ran before) as the baseline.
+And what the machine allows (:func:`ceiling`): the changes/s that bare ``requests`` loops
+put into the same receiver, against what the largest size needs.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ TOPIC_SETS = (
 WRITE_INTERVAL = 0.01  # s: 100 changes/s
 CONCURRENCY = 4
 LATENCY_GOAL = 2.0  # s, p99 at 10,000 subscriptions
+#: Changes in one body of the ceiling's loops: the most a batch can hold and still arrive
+#: within the p99 goal at this rate (its first change waits for the last one).
+CEILING_BATCH = int(LATENCY_GOAL / WRITE_INTERVAL)
+CEILING_SECONDS = 5.0
 BUCKETS = 300_000  # 1 ms each: 300 s
 
 
@@ -242,6 +248,44 @@ def one_size(receiver: Receiver, count: int, duration: float, budget: float) -> 
     }
 
 
+def ceiling(receiver: Receiver, seconds: float) -> float:
+    """Changes/s that bare ``requests`` loops put into the receiver: CONCURRENCY threads
+    (one session each, no database, nothing signed) PUTting bodies of CEILING_BATCH
+    changes of the log (as the worker sends them) for ``seconds``: what the machine and
+    the receiver take with pubsubpull costing nothing."""
+    from benchmarks.benchapp.models import TrackedRow, sample
+
+    while harness.execute("SELECT count(*) FROM pubsubpull_change")[0][0] < CEILING_BATCH:
+        TrackedRow._default_manager.bulk_create(
+            TrackedRow(**sample(50_000_000 + i)) for i in range(CEILING_BATCH)
+        )
+    rows = harness.execute(
+        "SELECT pubsubpull_change_json(c)::text FROM pubsubpull_change c "
+        "ORDER BY c.txid DESC, c.id DESC LIMIT %s",
+        [CEILING_BATCH],
+    )
+    changes = ", ".join(row[0] for row in rows)
+    data = ('{"subscription": "ceiling", "changes": [' + changes + "]}").encode()
+    sent = [0] * CONCURRENCY
+    receiver.reset()
+    started = time.monotonic()
+
+    def loop(n: int) -> None:
+        with requests.Session() as session:
+            while time.monotonic() - started < seconds:
+                session.put(receiver.url, data=data, timeout=30).raise_for_status()
+                sent[n] += 1
+
+    threads = [threading.Thread(target=loop, args=(n,)) for n in range(CONCURRENCY)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    rate = sum(sent) * CEILING_BATCH / (time.monotonic() - started)
+    receiver.reset()
+    return rate
+
+
 # Several workers ---------------------------------------------------------------------------
 
 
@@ -350,13 +394,20 @@ def run(quick: bool, dry_run: bool) -> str:
     backlog = harness.choose(quick, dry_run, full=2_000, fast=1_000, dry=100)
     with Receiver() as receiver:
         results = [one_size(receiver, n, duration, budget) for n in sizes]
+        bare = ceiling(
+            receiver, harness.choose(quick, dry_run, full=CEILING_SECONDS, fast=3.0, dry=0.5)
+        )
         runs = several(
             receiver,
             subscriptions,
             backlog,
             budget=harness.choose(quick, dry_run, full=180.0, fast=90.0, dry=20.0),
         )
-    return report(duration, budget, results) + "\n\n" + several_report(subscriptions, backlog, runs)
+    return (
+        report(duration, budget, results, bare)
+        + "\n\n"
+        + several_report(subscriptions, backlog, runs)
+    )
 
 
 def several_report(subscriptions: int, backlog: int, runs: list[dict[str, Any]]) -> str:
@@ -420,7 +471,7 @@ def _ms(value: float | None) -> str:
     return "–" if value is None else harness.number(value * 1000)
 
 
-def report(duration: float, budget: float, results: list[dict[str, Any]]) -> str:
+def report(duration: float, budget: float, results: list[dict[str, Any]], bare: float) -> str:
     rows = []
     for r in results:
         stats = r["stats"]
@@ -476,6 +527,20 @@ def report(duration: float, budget: float, results: list[dict[str, Any]]) -> str
         + "; dispatch work per wake-up flat in the subscription count: "
         + ", ".join(f"{_ms(r['dispatch'])} ms at {r['subscriptions']:,}" for r in results)
         + ".",
+        "",
+        f"What the machine allows: at {largest['subscriptions']:,} subscriptions, "
+        f"{largest['matching']:,} matching each of {1 / WRITE_INTERVAL:g} changes/s need "
+        f"{largest['matching'] / WRITE_INTERVAL:,.0f} changes/s delivered. Bare `requests` "
+        f"loops ({CONCURRENCY} threads, one session each, no database, nothing signed) "
+        f"PUTting bodies of {CEILING_BATCH} changes (the most a batch can hold and meet the "
+        f"p99 goal at this rate) to the same receiver put {bare:,.0f} changes/s into it "
+        f"({harness.ratio(bare * WRITE_INTERVAL, largest['matching'])} of that need), with "
+        f"{os.cpu_count()} cores shared by the senders, the receiver and this process: "
+        + (
+            "the goal is beyond what this machine and this receiver take, whatever the worker does."
+            if bare * WRITE_INTERVAL < largest["matching"]
+            else "within this machine."
+        ),
     ]
     return "\n".join(lines)
 
