@@ -127,6 +127,17 @@ def test_fitting_counts_the_changes_whose_body_stays_within_max_bytes() -> None:
     assert fitting(local, ["z" * 5000] * 3) == 3  # a local subscriber gets no body
 
 
+def test_fitting_counts_bytes_not_characters() -> None:
+    subscription = Subscription(name="n", target="http://127.0.0.1:1/", max_bytes=1000)
+    room = 1000 - envelope("n")
+    # 4 bytes a character at most: these would not fit so counted, but do in bytes
+    assert fitting(subscription, ["a" * (room // 2 - 1), "b" * (room // 2 - 1)]) == 2
+    # two bytes each in UTF-8: half as many characters fill the body
+    assert fitting(subscription, ["é" * (room // 2), "a"]) == 1
+    assert fitting(subscription, ["é" * (room // 2 - 2), "a"]) == 2
+    assert fitting(subscription, ["é" * (room // 2 + 1)]) == 1  # alone, as any too large
+
+
 def test_max_bytes_defaults_to_the_setting(
     api: Client, httpserver: HTTPServer, settings: Any
 ) -> None:
