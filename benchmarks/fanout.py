@@ -262,20 +262,24 @@ def ceiling(receiver: Receiver, seconds: float) -> float:
         )
     rows = harness.execute(
         "SELECT pubsubpull_change_json(c)::text FROM pubsubpull_change c "
-        "ORDER BY c.txid DESC, c.id DESC LIMIT %s",
+        "ORDER BY c.txid, c.id LIMIT %s",
         [CEILING_BATCH],
     )
     changes = ", ".join(row[0] for row in rows)
     data = ('{"subscription": "ceiling", "changes": [' + changes + "]}").encode()
     sent = [0] * CONCURRENCY
+    failures: list[Exception] = []  # a loop that stopped early would understate the ceiling
     receiver.reset()
     started = time.monotonic()
 
     def loop(n: int) -> None:
-        with requests.Session() as session:
-            while time.monotonic() - started < seconds:
-                session.put(receiver.url, data=data, timeout=30).raise_for_status()
-                sent[n] += 1
+        try:
+            with requests.Session() as session:
+                while time.monotonic() - started < seconds:
+                    session.put(receiver.url, data=data, timeout=30).raise_for_status()
+                    sent[n] += 1
+        except Exception as error:  # noqa: BLE001 - raised below, in the benchmark's thread
+            failures.append(error)
 
     threads = [threading.Thread(target=loop, args=(n,)) for n in range(CONCURRENCY)]
     for thread in threads:
@@ -283,7 +287,9 @@ def ceiling(receiver: Receiver, seconds: float) -> float:
     for thread in threads:
         thread.join()
     rate = sum(sent) * CEILING_BATCH / (time.monotonic() - started)
-    receiver.reset()
+    receiver.reset()  # the ceiling's receipts are no subscription's
+    if failures:
+        raise failures[0]
     return rate
 
 
@@ -415,7 +421,7 @@ def several_report(subscriptions: int, backlog: int, runs: list[dict[str, Any]])
     one = [r["rate"] for r in runs if r["workers"] == 1]
     two = [r["rate"] for r in runs if r["workers"] == 2]
     gain = harness.ratios(two, one)
-    single = [r["machine_cpu"] for r in runs if r["workers"] == 1]
+    cores_one = [r["machine_cpu"] for r in runs if r["workers"] == 1]
     rows = [
         [
             str(r["workers"]),
@@ -467,10 +473,10 @@ def several_report(subscriptions: int, backlog: int, runs: list[dict[str, Any]])
             + ".",
             "",
             "What the machine allows: one worker's runs kept "
-            f"{harness.median(single):.2f} of the machine's {os.cpu_count()} cores busy "
+            f"{harness.median(cores_one):.2f} of the machine's {os.cpu_count()} cores busy "
             f"(PostgreSQL, the worker, the receiver and this process) for "
             f"{harness.median(one):,.0f} changes/s; at that CPU per change, "
-            f"{SEVERAL_GOAL:g}× takes {SEVERAL_GOAL * harness.median(single):.2f} cores, "
+            f"{SEVERAL_GOAL:g}× takes {SEVERAL_GOAL * harness.median(cores_one):.2f} cores, "
             "before anything a second process adds (its own connections, rounds that share "
             "the subscriptions).",
         ]
